@@ -190,10 +190,11 @@ static int64_t scratch_floats(const tt_mhsa_dims *d, const tt_mhsa_config *cfg) 
   if (cfg->rows_per_block < 1 || (cfg->fuse_qk != 0 && cfg->fuse_qk != 1)) {
     return -1;
   }
-  /* x, y, wq/wk/wv, wf, wo: the largest arrays indexed below. */
+  /* x, y, wq/wk/wv, wo and (fused) wf: the largest arrays indexed below. */
   if (!product_fits(d->seq, d->embed, 1) || !product_fits(d->seq, d->out_features, 1) ||
-      !product_fits(d->heads, d->proj, d->embed) || !product_fits(d->heads, d->embed, d->embed) ||
-      !product_fits(d->heads, d->out_features, d->proj)) {
+      !product_fits(d->heads, d->proj, d->embed) ||
+      !product_fits(d->heads, d->out_features, d->proj) ||
+      (cfg->fuse_qk && !product_fits(d->heads, d->embed, d->embed))) {
     return -1;
   }
   const int64_t s = d->seq;

@@ -1,0 +1,45 @@
+"""tvm_tiny: deploy tiny transformers onto microcontrollers through Apache TVM (BYOC).
+
+Public API (DESIGN.md §3)::
+
+    lib = tvm_tiny.build(model, target="host")      # ONNX model/path or Relax IRModule
+    lib.run(x)                                      # generated C on the host
+    lib.metadata                                    # arena/params bytes, what was offloaded
+    lib.export_library_format("model.tar")
+    tvm_tiny.partition_for_tiny(mod)                # the partitioner alone
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .build import build  # noqa: E402
+from .errors import (  # noqa: E402
+    CodegenError,
+    LoweringError,
+    MemoryPlanError,
+    ModelError,
+    RunError,
+    TinyError,
+    ToolchainError,
+    UnsupportedOperatorError,
+)
+from .module import TinyModule  # noqa: E402
+from .partition import partition_for_tiny  # noqa: E402
+from .targets import target_names as boards  # noqa: E402
+
+__all__ = [
+    "CodegenError",
+    "LoweringError",
+    "MemoryPlanError",
+    "ModelError",
+    "RunError",
+    "TinyError",
+    "TinyModule",
+    "ToolchainError",
+    "UnsupportedOperatorError",
+    "__version__",
+    "boards",
+    "build",
+    "partition_for_tiny",
+]

@@ -1,0 +1,145 @@
+"""``tvm_tiny.build``: the whole data path of DESIGN.md §1 in order.
+
+frontend → partition (MHSA → ``Codegen="tvm_tiny"``) → our code generator (``RunCodegen``) →
+TVM lowering of the rest → TIR → C → AOT entry point → :class:`TinyModule`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import tvm
+
+from . import __version__
+from .aot import AotResult, ExternKernel, emit_aot
+from .frontend import ModelLike, to_relax
+from .lower import build_tir_to_c, fuse_and_plan
+from .memory import DEFAULT_ALIGNMENT
+from .module import TinyModule, metadata_json
+from .resources import TVM_HEADERS, codegen_dir, runtime_dir, tvm_header_dirs
+from .targets import TargetProfile, get_target
+
+
+def _read_tree(root: Any, prefix: str, patterns: tuple[str, ...]) -> dict[str, str]:
+    files = {}
+    for pattern in patterns:
+        for path in sorted(root.glob(pattern)):
+            if path.is_file():
+                files[f"{prefix}/{path.relative_to(root).as_posix()}"] = path.read_text()
+    return files
+
+
+def runtime_files(kernel_sources: list[str]) -> dict[str, str]:
+    """The runtime tree of a model: tvm_tiny runtime, kernel library, TVM/DLPack headers.
+
+    TVM's headers are copied from the installed wheels (never committed to our repository).
+    """
+    files = _read_tree(runtime_dir(), "runtime", ("include/**/*.h", "src/**/*.c"))
+    files.update(_read_tree(codegen_dir() / "include", "runtime/include", ("*.h",)))
+    for rel in kernel_sources:
+        files[f"runtime/src/{rel}"] = (codegen_dir() / rel).read_text()
+    for header in TVM_HEADERS:
+        for root in tvm_header_dirs():
+            candidate = root / header
+            if candidate.is_file():
+                files[f"runtime/include/{header}"] = candidate.read_text()
+                break
+        else:
+            raise FileNotFoundError(f"TVM header {header} not found in {tvm_header_dirs()}")
+    return files
+
+
+def _model_hash(mod: tvm.IRModule) -> str:
+    return hashlib.sha256(mod.script(show_meta=True).encode()).hexdigest()[:16]
+
+
+def _compile(mod: tvm.IRModule, name: str, profile: TargetProfile, offload: bool,
+             arena_limit: int | None) -> tuple[AotResult, str, list[dict[str, Any]],
+                                                dict[str, ExternKernel], list[str]]:
+    """Partition (optionally), generate, lower and plan one Relax module."""
+    offloaded: list[dict[str, Any]] = []
+    externs: dict[str, ExternKernel] = {}
+    kernel_sources: list[str] = []
+    if offload:
+        from .offload import offload_mhsa
+
+        mod, offloaded, externs, kernel_sources = offload_mhsa(mod, name, profile)
+    lowered = fuse_and_plan(mod)
+    prefix = f"tvmtiny_{name}"
+    tir = build_tir_to_c(lowered, profile.tvm_target(), prefix)
+    aot = emit_aot(tir.module["main"], name, externs, tir.tir_symbols, tir.tir_c_source,
+                   alignment=DEFAULT_ALIGNMENT, arena_limit=arena_limit)
+    return aot, tir.tir_c_source, offloaded, externs, kernel_sources
+
+
+def build(model: ModelLike, target: str = "host", offload: bool = True,
+          tuning_log: str | None = None, *, arena_bytes: int | None = None,
+          name: str | None = None) -> TinyModule:
+    """Compile ``model`` into a self-contained C program for ``target``.
+
+    Parameters
+    ----------
+    model
+        An ``onnx.ModelProto``, a path to an ``.onnx`` file, or a Relax ``IRModule`` with static
+        shapes (weights as constants).
+    target
+        A target profile name (``tvm_tiny.boards()``).
+    offload
+        Offload every matched MHSA to tvm_tiny's kernels. ``False`` compiles the same model with
+        TVM alone through the same AOT path: the baseline of every comparison.
+    tuning_log
+        Reserved for applying tuned kernel configs (tuning issue); must be None for now.
+    arena_bytes
+        Fix the arena size. A size below what the plan needs is refused with the bytes missing.
+    name
+        C identifier prefix of the model (default: derived from the model).
+    """
+    from .cformat import c_identifier
+
+    if tuning_log is not None:
+        raise NotImplementedError("tuning logs are applied once the tuner lands (issue #6)")
+    profile = get_target(target)
+    mod, model_name = to_relax(model)
+    name = c_identifier(name or model_name)
+    relax_text = mod.script()
+    aot, tir_c, offloaded, externs, kernel_sources = _compile(
+        mod, name, profile, offload, arena_bytes)
+    prefix = f"tvmtiny_{name}"
+    files: dict[str, str] = {
+        f"codegen/host/src/{prefix}.c": aot.model_c,
+        f"codegen/host/include/{prefix}.h": aot.model_h,
+        "src/relax.txt": relax_text,
+    }
+    if tir_c:
+        files[f"codegen/host/src/{prefix}_tir.c"] = tir_c
+    for kernel in externs.values():
+        files[f"codegen/host/src/{prefix}_{kernel.symbol}.c"] = kernel.source
+    files.update(runtime_files(kernel_sources))
+    metadata = _metadata(aot, profile, name, offloaded, _model_hash(mod))
+    files["metadata.json"] = metadata_json(metadata)
+    return TinyModule(name, prefix, profile.name, files, aot.inputs, aot.outputs, metadata)
+
+
+def _metadata(aot: AotResult, profile: TargetProfile, name: str,
+              offloaded: list[dict[str, Any]], model_hash: str) -> dict[str, Any]:
+    return {
+        "tvm_tiny_version": __version__,
+        "tvm_version": tvm.__version__,
+        "model": name,
+        "model_hash": model_hash,
+        "target": profile.name,
+        "entry_point": f"tvmtiny_{name}_run",
+        "arena_bytes": aot.arena_bytes,
+        "arena_bytes_without_reuse": aot.linear_arena_bytes,
+        "params_bytes": aot.params_bytes,
+        "inputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in aot.inputs],
+        "outputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype}
+                    for t in aot.outputs],
+        "offloaded": offloaded,
+        "tvm_functions": [
+            {"name": s.name, "workspace_bytes": s.scratch_bytes}
+            for s in aot.steps if s.kind == "tir"
+        ],
+        "memory_plan": aot.buffers,
+    }
