@@ -19,9 +19,11 @@ Run ``python examples/models.py [OUT_DIR]`` to regenerate ``tests/data``.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import math
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -436,6 +438,31 @@ def near_miss_leaked_intermediate(
 # ---------------------------------------------------------------------------
 
 
+def _reinit_parameters(module: torch.nn.Module, seed: int) -> None:
+    """Give every parameter fresh, distinct, seeded random values.
+
+    Why not keep torch's init: ``nn.TransformerEncoder`` deep-copies one layer,
+    so all layers start with *identical* weights and the legacy exporter then
+    deduplicates them into one initializer shared by every layer (an
+    accidental "shared weight" near miss).  torch also initializes the
+    ``MultiheadAttention`` biases to 0 and LayerNorm to gamma=1/beta=0, which
+    an exporter may drop and a kernel may ignore without any test noticing.
+    Matrices get ``N(0, 1/fan_in)``, vectors ``N(0, 0.01)`` (+1 for norm gains).
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(seed + 2)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            noise = torch.randn(param.shape, generator=gen)
+            if param.dim() >= 2:
+                param.copy_(noise / math.sqrt(param.shape[-1]))
+            elif "norm" in name and name.endswith("weight"):
+                param.copy_(1.0 + 0.1 * noise)
+            else:
+                param.copy_(0.1 * noise)
+
+
 def _export_torch(
     module: torch.nn.Module,
     seq: int,
@@ -447,9 +474,9 @@ def _export_torch(
 
     ``legacy`` (TorchScript, ``dynamo=False``) works with the project venv
     as-is and gives opset 17.  It emits some ``Shape/Gather/Concat``
-    arithmetic, which the TVM importer folds away because the input shape is
-    static.  ``dynamo`` (torch's default) needs ``onnxscript``, emits
-    opset 18 and a cleaner graph.  The fused fast path
+    arithmetic; the TVM importer keeps it, and ``relax.transform.FoldConstant``
+    removes it because the input shape is static.  ``dynamo`` (torch's
+    default) needs ``onnxscript`` and emits opset 18.  The fused fast path
     (``aten::_native_multi_head_attention`` / ``_transformer_encoder_layer_fwd``)
     is disabled for the duration of the export so that attention is exported
     as plain MatMul/Softmax ops.
@@ -457,6 +484,7 @@ def _export_torch(
     import torch
 
     module = module.eval()
+    _reinit_parameters(module, seed)
     gen = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(1, seq, embed, generator=gen)
     was_fast = torch.backends.mha.get_fastpath_enabled()
@@ -465,18 +493,25 @@ def _export_torch(
         with torch.no_grad():
             if exporter == "legacy":
                 buf = io.BytesIO()
-                torch.onnx.export(
-                    module,
-                    (x,),
-                    buf,
-                    input_names=["x"],
-                    output_names=["y"],
-                    opset_version=OPSET,
-                    dynamo=False,
-                    do_constant_folding=True,
-                )
+                with warnings.catch_warnings():
+                    # torch>=2.9 warns that the TorchScript exporter is legacy; known.
+                    warnings.filterwarnings(
+                        "ignore", "You are using the legacy", DeprecationWarning
+                    )
+                    torch.onnx.export(
+                        module,
+                        (x,),
+                        buf,
+                        input_names=["x"],
+                        output_names=["y"],
+                        opset_version=OPSET,
+                        dynamo=False,
+                        do_constant_folding=True,
+                    )
                 model = onnx.load_from_string(buf.getvalue())
             else:
+                if importlib.util.find_spec("onnxscript") is None:
+                    raise ImportError("exporter='dynamo' needs the onnxscript package")
                 prog = torch.onnx.export(
                     module,
                     (x,),
@@ -531,25 +566,19 @@ def encoder_torch(
     return _export_torch(enc, seq, embed, seed, exporter)
 
 
-class _SelfAttention:
-    """Factory for an ``nn.Module`` wrapping ``nn.MultiheadAttention`` as self-attention.
+def _make_self_attention(embed: int, heads: int) -> torch.nn.Module:
+    """``nn.MultiheadAttention(batch_first=True)`` called as self-attention."""
+    import torch
 
-    (Defined lazily so that importing this module does not import torch.)
-    """
+    class SelfAttention(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mha = torch.nn.MultiheadAttention(embed, heads, batch_first=True)
 
-    @staticmethod
-    def make(embed: int, heads: int) -> torch.nn.Module:
-        import torch
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.mha(x, x, x, need_weights=False)[0]
 
-        class SelfAttention(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.mha = torch.nn.MultiheadAttention(embed, heads, batch_first=True)
-
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                return self.mha(x, x, x, need_weights=False)[0]
-
-        return SelfAttention()
+    return SelfAttention()
 
 
 def mha_torch(
@@ -564,7 +593,7 @@ def mha_torch(
     import torch
 
     torch.manual_seed(seed)
-    return _export_torch(_SelfAttention.make(embed, heads), seq, embed, seed, exporter)
+    return _export_torch(_make_self_attention(embed, heads), seq, embed, seed, exporter)
 
 
 def _make_linear_mhsa(embed: int, heads: int, proj: int) -> torch.nn.Module:

@@ -109,6 +109,7 @@ class _MainWalker:
         self.tensors: dict[relax.Var, TensorRef] = {}
         self.constants: list[tuple[relax.Expr, np.ndarray]] = []
         self.steps: list[Step] = []
+        self.tuples: dict[relax.Var, list[relax.Expr]] = {}
         self.inputs: list[TensorSpec] = []
         for i, param in enumerate(func.params):
             shape = static_shape(param)
@@ -122,6 +123,8 @@ class _MainWalker:
             for binding in block.bindings:
                 self._visit(binding.var, binding.value)
         self.result = body.body
+        if isinstance(self.result, relax.Var) and self.result in self.tuples:
+            self.result = relax.Tuple(self.tuples[self.result])
 
     def _const_ref(self, expr: relax.Expr) -> TensorRef:
         for i, (existing, _) in enumerate(self.constants):
@@ -147,6 +150,9 @@ class _MainWalker:
                 return
             if is_constant(value):
                 self.tensors[var] = self._const_ref(value)
+                return
+            if isinstance(value, relax.Tuple):
+                self.tuples[var] = list(value.fields)
                 return
             raise LoweringError(f"unsupported binding in lowered main: {var} = {value}")
         op = value.op

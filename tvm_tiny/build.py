@@ -56,21 +56,22 @@ def _model_hash(mod: tvm.IRModule) -> str:
 
 def _compile(mod: tvm.IRModule, name: str, profile: TargetProfile, offload: bool,
              arena_limit: int | None) -> tuple[AotResult, str, list[dict[str, Any]],
-                                                dict[str, ExternKernel], list[str]]:
+                                                dict[str, ExternKernel], list[str], list[str]]:
     """Partition (optionally), generate, lower and plan one Relax module."""
     offloaded: list[dict[str, Any]] = []
     externs: dict[str, ExternKernel] = {}
     kernel_sources: list[str] = []
+    rejected: list[str] = []
     if offload:
         from .offload import offload_mhsa
 
-        mod, offloaded, externs, kernel_sources = offload_mhsa(mod, name, profile)
+        mod, offloaded, externs, kernel_sources, rejected = offload_mhsa(mod, name, profile)
     lowered = fuse_and_plan(mod)
     prefix = f"tvmtiny_{name}"
     tir = build_tir_to_c(lowered, profile.tvm_target(), prefix)
     aot = emit_aot(tir.module["main"], name, externs, tir.tir_symbols, tir.tir_c_source,
                    alignment=DEFAULT_ALIGNMENT, arena_limit=arena_limit)
-    return aot, tir.tir_c_source, offloaded, externs, kernel_sources
+    return aot, tir.tir_c_source, offloaded, externs, kernel_sources, rejected
 
 
 def build(model: ModelLike, target: str = "host", offload: bool = True,
@@ -103,7 +104,7 @@ def build(model: ModelLike, target: str = "host", offload: bool = True,
     mod, model_name = to_relax(model)
     name = c_identifier(name or model_name)
     relax_text = mod.script()
-    aot, tir_c, offloaded, externs, kernel_sources = _compile(
+    aot, tir_c, offloaded, externs, kernel_sources, rejected = _compile(
         mod, name, profile, offload, arena_bytes)
     prefix = f"tvmtiny_{name}"
     files: dict[str, str] = {
@@ -117,6 +118,7 @@ def build(model: ModelLike, target: str = "host", offload: bool = True,
         files[f"codegen/host/src/{prefix}_{kernel.symbol}.c"] = kernel.source
     files.update(runtime_files(kernel_sources))
     metadata = _metadata(aot, profile, name, offloaded, _model_hash(mod))
+    metadata["not_offloaded"] = rejected
     files["metadata.json"] = metadata_json(metadata)
     return TinyModule(name, prefix, profile.name, files, aot.inputs, aot.outputs, metadata)
 

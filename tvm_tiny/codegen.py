@@ -1,0 +1,164 @@
+"""The tvm_tiny code generator, registered with TVM as ``relax.ext.tvm_tiny``.
+
+``RunCodegen`` hands it the offloaded functions; for each it writes one C translation unit: the
+kernel's weights (re-arranged offline, fused for FWSA when chosen) as aligned ``static const``
+arrays, the parameter structs, and a thin entry ``tvmtiny_<model>_<symbol>`` that the AOT entry
+point calls with input/output pointers and a scratch region of the arena. Kernel bodies are never
+copied per model: the instance calls the library kernel (``codegen/mhsa/tt_mhsa_f32.c``).
+
+Composite → emitter table: one entry per ``tvm_tiny.<op>`` composite (naming contract of
+``patterns.py``; a test checks the two agree).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import tvm
+import tvm_ffi
+
+from .cformat import c_identifier, const_array
+from .mhsa import MhsaDescriptor, describe_mhsa, offloaded_symbol
+from .mhsa_weights import KernelConfig, arrange_f32, scratch_bytes, stored_params_bytes
+from .patterns import MHSA_COMPOSITE
+
+CONST_ALIGNMENT = 16
+_PARAM_FIELDS = ("wq", "bq", "wk", "bk", "wf", "bf", "wv", "bv", "wo", "bo")
+_LAYOUTS = {
+    "wq": "[H][P][E]", "wk": "[H][P][E]", "wv": "[H][P][E]", "bq": "[H][P]", "bk": "[H][P]",
+    "bv": "[H][P]", "wf": "[H][E][E] = scale * Wq_h Wk_h^T (transposed)", "bf": "[H][E]",
+    "wo": "[H][E_out][P]", "bo": "[E_out]",
+}
+
+
+@dataclass(frozen=True)
+class GeneratedKernel:
+    """One emitted kernel instance and the facts the build reports about it."""
+
+    symbol: str
+    c_function: str
+    source: str
+    scratch_bytes: int
+    params_bytes: int
+    library_sources: tuple[str, ...]
+
+
+def kernel_function_name(model: str, symbol: str) -> str:
+    """C name of the instance entry (model-prefixed so models can share a firmware)."""
+    return f"tvmtiny_{c_identifier(model)}_{symbol}"
+
+
+def emit_mhsa_f32(desc: MhsaDescriptor, config: KernelConfig, model: str,
+                  config_source: str) -> GeneratedKernel:
+    """C source of one float32 MHSA instance calling ``tt_mhsa_f32``."""
+    shape = desc.shape
+    fn = kernel_function_name(model, desc.symbol)
+    arrays = arrange_f32(desc.weights, shape, config)
+    consts = [
+        const_array(f"{fn}_{name}", arrays[name], CONST_ALIGNMENT, f"{name} {_LAYOUTS[name]}")
+        for name in _PARAM_FIELDS if name in arrays
+    ]
+    pointers = ", ".join(
+        f".{name} = {fn}_{name}" if name in arrays else f".{name} = NULL"
+        for name in _PARAM_FIELDS
+    )
+    scratch = scratch_bytes(shape, config)
+    source = _MHSA_F32_TEMPLATE.format(
+        fn=fn, symbol=desc.symbol, model=model, s=shape.seq, e=shape.embed, h=shape.heads,
+        p=shape.proj, eo=shape.out_features, rows=config.rows_per_block,
+        fuse=int(config.fuse_qk), source=config_source, scale=repr(desc.weights.scale),
+        scale_c=f"{desc.weights.scale!r}f" if "e" in repr(desc.weights.scale)
+        or "." in repr(desc.weights.scale) else f"{desc.weights.scale!r}.0f",
+        consts="\n".join(consts), pointers=pointers, scratch=scratch,
+        fused="Q and K fused offline (FWSA)" if config.fuse_qk else "Q and K unfused",
+    )
+    return GeneratedKernel(desc.symbol, fn, source, scratch, stored_params_bytes(arrays),
+                           ("mhsa/tt_mhsa_f32.c",))
+
+
+Emitter = Callable[[MhsaDescriptor, KernelConfig, str, str], GeneratedKernel]
+EMITTERS: dict[tuple[str, str], Emitter] = {
+    (MHSA_COMPOSITE, "float32"): emit_mhsa_f32,
+}
+"""(composite, dtype) → emitter; every pattern in ``patterns.tiny_patterns`` has an entry."""
+
+
+@dataclass(frozen=True)
+class CodegenOptions:
+    """Options ``RunCodegen`` passes to ``relax.ext.tvm_tiny`` (as one JSON string)."""
+
+    model: str
+    configs: dict[str, dict[str, object]]  # symbol -> {"rows_per_block", "fuse_qk", "source"}
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @staticmethod
+    def from_json(text: str) -> CodegenOptions:
+        data = json.loads(text)
+        return CodegenOptions(data["model"], data["configs"])
+
+
+def generate_kernel(func: tvm.relax.Function, options: CodegenOptions) -> GeneratedKernel:
+    """Emit the C instance of one offloaded function (pure: same inputs, same bytes)."""
+    symbol = offloaded_symbol(func)
+    desc = describe_mhsa(func, symbol)
+    chosen = options.configs.get(symbol)
+    if chosen is None:
+        config, source = KernelConfig.default_for(desc.shape), "default"
+    else:
+        config = KernelConfig(int(chosen["rows_per_block"]), bool(chosen["fuse_qk"]))
+        source = str(chosen.get("source", "options"))
+    emitter = EMITTERS[(MHSA_COMPOSITE, desc.dtype)]
+    return emitter(desc, config, options.model, source)
+
+
+@tvm_ffi.register_global_func("relax.ext.tvm_tiny")
+def _relax_ext_tvm_tiny(funcs: list, options: dict, constant_names: dict) -> list:
+    """BYOC entry: one C source module per offloaded function (``CSourceModuleCreate``)."""
+    del constant_names  # weights are emitted into the kernel source itself
+    parsed = CodegenOptions.from_json(str(options["options"])) if "options" in options else \
+        CodegenOptions("model", {})
+    create = tvm.get_global_func("runtime.CSourceModuleCreate")
+    modules = []
+    for func in funcs:
+        kernel = generate_kernel(func, parsed)
+        modules.append(create(kernel.source, "c", [kernel.symbol], []))
+    return modules
+
+
+_MHSA_F32_TEMPLATE = """\
+/*
+ * tvm_tiny offloaded MHSA '{symbol}' of model '{model}' (generated; do not edit).
+ * Shape: S={s} E={e} H={h} P={p} E_out={eo}, float32. {fused}.
+ * Kernel config: rows_per_block={rows} fuse_qk={fuse} (from: {source}).
+ * Depth-first: one head's K/V and one block of {rows} score rows live at a time;
+ * scratch = {scratch} bytes (tt_mhsa_f32_get_buffer_size), taken from the model arena.
+ */
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tt_mhsa.h"
+#include "tvm_tiny/tt_runtime.h"
+
+{consts}
+static const tt_mhsa_dims {fn}_dims = {{
+  .seq = {s}, .embed = {e}, .heads = {h}, .proj = {p}, .out_features = {eo}}};
+static const tt_mhsa_config {fn}_config = {{.rows_per_block = {rows}, .fuse_qk = {fuse}}};
+/* scale multiplies Q.K^T (exported value {scale}); folded into wf/bf when fused. */
+static const tt_mhsa_f32_params {fn}_params = {{
+  {pointers},
+  .scale = {scale_c}}};
+
+int32_t {fn}(const void *const *args, void *const *outs, uint8_t *scratch,
+             int32_t scratch_bytes);
+
+/* AOT entry: args[0] = x [S][E], outs[0] = y [S][E_out]; scratch from the arena. */
+int32_t {fn}(const void *const *args, void *const *outs, uint8_t *scratch,
+             int32_t scratch_bytes) {{
+  return (int32_t)tt_mhsa_f32(&{fn}_dims, &{fn}_config, &{fn}_params, (const float *)args[0],
+                              (float *)outs[0], (float *)(void *)scratch, scratch_bytes);
+}}
+"""

@@ -1,0 +1,95 @@
+"""MHSA descriptors: read shape, weights and scale out of an offloaded ``tvm_tiny.mhsa`` function.
+
+The partitioner only offloads the canonical chain (``patterns.make_mhsa_pattern``), so the
+descriptor is read by matching that same pattern inside the composite function and taking the
+annotated constants; nothing is inferred from names or positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from .errors import CodegenError
+from .mhsa_weights import MhsaShape, MhsaWeights
+from .patterns import MHSA_COMPOSITE, make_mhsa_pattern
+from .relax_compat import constant_value, is_constant, static_shape
+
+
+@dataclass(frozen=True)
+class MhsaDescriptor:
+    """Everything the code generator needs to instantiate one MHSA kernel."""
+
+    symbol: str
+    shape: MhsaShape
+    weights: MhsaWeights
+    dtype: str
+
+
+def _composite_of(func: relax.Function) -> relax.Function:
+    """The ``Composite`` function inside an offloaded wrapper (or ``func`` itself)."""
+    if func.attrs is not None and func.attrs.get("Composite") == MHSA_COMPOSITE:
+        return func
+    for block in func.body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            if isinstance(value, relax.Function):
+                return _composite_of(value)
+            if isinstance(value, relax.Call) and isinstance(value.op, relax.Function):
+                return _composite_of(value.op)
+    raise CodegenError("offloaded function holds no 'tvm_tiny.mhsa' composite function")
+
+
+def describe_mhsa(func: relax.Function, symbol: str) -> MhsaDescriptor:
+    """Extract the :class:`MhsaDescriptor` of an offloaded function (see module docstring)."""
+    composite = _composite_of(func)
+    var2val = {b.var: b.value for block in composite.body.blocks for b in block.bindings}
+    pattern, annotations = make_mhsa_pattern()
+    result = composite.body.body
+    root = var2val.get(result, result)
+    matched = pattern.extract_matched_expr(root, var2val)
+    if matched is None:
+        raise CodegenError(f"'{symbol}' is not the canonical tvm_tiny.mhsa chain")
+
+    def const(name: str) -> np.ndarray | None:
+        expr = matched.get(annotations[name])
+        if expr is None:
+            return None
+        if not is_constant(expr):
+            raise CodegenError(f"'{symbol}': {name} is not a constant")
+        return constant_value(expr)
+
+    x_shape = static_shape(matched[annotations["x"]])
+    probs_shape = static_shape(matched[annotations["probs"]])
+    if x_shape is None or probs_shape is None:
+        raise CodegenError(f"'{symbol}': MHSA shapes are not static")
+    wq = const("wq")
+    heads, seq = probs_shape[1], probs_shape[2]
+    weights = MhsaWeights(
+        wq=wq, wk=const("wk"), wv=const("wv"), wo=const("wo"),
+        bq=const("bq"), bk=const("bk"), bv=const("bv"), bo=const("bo"),
+        scale=float(const("scale").reshape(-1)[0]),
+    )
+    shape = MhsaShape(seq=seq, embed=x_shape[-1], heads=heads, proj=wq.shape[1] // heads,
+                      out_features=weights.wo.shape[1])
+    weights.check_shape(shape)
+    dtype = str(matched[annotations["x"]].ty.dtype)
+    return MhsaDescriptor(symbol, shape, weights, dtype)
+
+
+def offloaded_symbol(func: relax.Function) -> str:
+    """The ``global_symbol`` of an offloaded function."""
+    symbol = func.attrs.get("global_symbol") if func.attrs is not None else None
+    if symbol is None:
+        raise CodegenError("offloaded function has no global_symbol")
+    return str(symbol)
+
+
+def descriptors_of(mod: tvm.IRModule) -> list[MhsaDescriptor]:
+    """Descriptors of every offloaded MHSA of a partitioned module, in call order."""
+    from .partition import offloaded_functions
+
+    return [describe_mhsa(mod[gv], offloaded_symbol(mod[gv])) for gv in offloaded_functions(mod)]

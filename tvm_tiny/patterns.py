@@ -1,0 +1,77 @@
+"""Relax dataflow patterns of the operations tvm_tiny offloads (composite ``tvm_tiny.<op>``).
+
+Naming contract: composite ``tvm_tiny.mhsa`` ↔ kernel ``tt_mhsa_<dtype>`` (``codegen.py`` holds the
+one composite → emitter table). The MHSA pattern is the *canonical* form written by
+``canonicalize.CanonicalizeSelfAttention``; exporter variants are normalized before matching, so
+one pattern serves every export style. Later entries in ``tiny_patterns()`` have lower priority.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+from tvm.relax import Expr
+from tvm.relax.backend.pattern_registry import register_patterns
+from tvm.relax.backend.utils import has_leaking_intermediate_variables
+from tvm.relax.dpl import DFPattern, is_const, is_op, wildcard
+from tvm.relax.transform import FusionPattern, PatternCheckContext
+
+MHSA_COMPOSITE = "tvm_tiny.mhsa"
+
+
+def _projection(data: DFPattern) -> tuple[DFPattern, DFPattern, DFPattern]:
+    """``matmul(data, W) [+ b]`` → (pattern, weight, bias)."""
+    weight, bias = is_const(), is_const()
+    matmul = is_op("relax.matmul")(data, weight)
+    return is_op("relax.add")(matmul, bias) | matmul, weight, bias
+
+
+def make_mhsa_pattern() -> tuple[DFPattern, dict[str, DFPattern]]:
+    """The canonical MHSA chain with named annotations (``root``, ``x``, ``wq`` ... ``scale``)."""
+    x = wildcard()  # one node: Q, K and V must read the same tensor (self-attention)
+
+    def heads(projection: DFPattern) -> DFPattern:
+        return is_op("relax.permute_dims")(is_op("relax.reshape")(projection, wildcard()))
+
+    q, wq, bq = _projection(x)
+    k, wk, bk = _projection(x)
+    v, wv, bv = _projection(x)
+    scale = is_const()
+    scores = is_op("relax.multiply")(is_op("relax.matmul")(heads(q), heads(k)), scale)
+    probs = is_op("relax.nn.softmax")(scores)
+    ctx = is_op("relax.matmul")(probs, heads(v))
+    merged = is_op("relax.reshape")(is_op("relax.permute_dims")(ctx), wildcard())
+    out, wo, bo = _projection(merged)
+    annotations = {"root": out, "x": x, "wq": wq, "bq": bq, "wk": wk, "bk": bk, "wv": wv,
+                   "bv": bv, "wo": wo, "bo": bo, "scale": scale, "probs": probs}
+    return out, annotations
+
+
+def _check_mhsa(context: PatternCheckContext, is_approved: Callable[[Expr], bool] | None) -> bool:
+    # An intermediate (e.g. the attention probabilities) read outside the region would lose its
+    # producer once the region becomes one kernel: keep such graphs with TVM.
+    if has_leaking_intermediate_variables(context):
+        return False
+    # Float32 only for now; other dtypes stay with TVM until the int8 kernels land (issue #5).
+    if str(context.annotated_expr["x"].ty.dtype) != "float32":
+        return False
+    # The canonical form also occurs verbatim in onnx.helper graphs. Only regions that
+    # CanonicalizeSelfAttention proved (no shared weights, no leaks, batch 1) are offloaded.
+    return is_approved is None or is_approved(context.annotated_expr["scale"])
+
+
+def tiny_patterns(is_approved: Callable[[Expr], bool] | None = None) -> list[FusionPattern]:
+    """All tvm_tiny patterns, highest priority first (pure: builds, registers nothing).
+
+    ``is_approved(scale_constant)`` restricts the MHSA pattern to regions the canonicalizer
+    proved; ``partition_for_tiny`` passes it. Without it only the structural checks apply.
+    """
+    mhsa, annotations = make_mhsa_pattern()
+    return [FusionPattern(MHSA_COMPOSITE, mhsa, annotations,
+                          functools.partial(_check_mhsa, is_approved=is_approved))]
+
+
+def register_tiny_patterns() -> None:
+    """Register the patterns in TVM's registry (``get_patterns_with_prefix("tvm_tiny")``)."""
+    register_patterns(tiny_patterns())
