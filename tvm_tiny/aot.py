@@ -127,12 +127,12 @@ class _MainWalker:
             self.result = relax.Tuple(self.tuples[self.result])
 
     def _const_ref(self, expr: relax.Expr) -> TensorRef:
-        for i, (existing, _) in enumerate(self.constants):
-            if existing.same_as(expr):
-                break
-        else:
+        """The constant's index, shared by every use of the same constant object."""
+        index = next((k for k, (c, _) in enumerate(self.constants) if c.same_as(expr)), None)
+        if index is None:
             self.constants.append((expr, constant_value(expr)))
-            i = len(self.constants) - 1
+            index = len(self.constants) - 1
+        i = index
         value = self.constants[i][1]
         return TensorRef("const", i, 0, tuple(value.shape), str(value.dtype))
 
@@ -358,8 +358,9 @@ class AotEmitter:
                                     f"passes at most {MAX_PACKED_ARGS}")
             for j, ref in enumerate(step.args):
                 code, bits = dl_type(ref.dtype)
+                data = self._data_expr(ref, storage_buffer, offsets)
                 lines.append(
-                    f"    DLTensor t{j} = tt_make_tensor({self._data_expr(ref, storage_buffer, offsets)}, "
+                    f"    DLTensor t{j} = tt_make_tensor({data}, "
                     f"{len(ref.shape)}, {shape_name(ref.shape)}, {code}, {bits});"
                 )
             ptrs = ", ".join(f"&t{j}" for j in range(len(step.args)))
@@ -375,11 +376,13 @@ class AotEmitter:
             *ins, out = step.args
             in_exprs = ", ".join(self._data_expr(r, storage_buffer, offsets) for r in ins)
             lines.append(f"    const void *const in[{len(ins)}] = {{{in_exprs}}};")
-            lines.append(f"    void *const out[1] = {{{self._data_expr(out, storage_buffer, offsets)}}};")
+            out_expr = self._data_expr(out, storage_buffer, offsets)
+            lines.append(f"    void *const out[1] = {{{out_expr}}};")
             scratch_expr = f"arena + {offsets[scratch]}" if scratch >= 0 else "NULL"
             lines.append(f"    rc = {step.c_function}(in, out, {scratch_expr}, "
                          f"{step.scratch_bytes});")
-            lines.append(f"    if (rc != 0) tt_set_error(\"offloaded kernel failed: {step.name}\");")
+            lines.append(
+                f"    if (rc != 0) tt_set_error(\"offloaded kernel failed: {step.name}\");")
         lines.append("  }")
         lines.append("  if (rc != 0) return rc;")
         return "\n".join(lines)
@@ -398,7 +401,8 @@ class AotEmitter:
         names = [f"inputs->{t.name}" for t in self.w.inputs]
         names += [f"outputs->{t.name}" for t in self.outputs]
         cond = " || ".join(f"{n} == NULL" for n in names)
-        return f"  if (inputs == NULL || outputs == NULL || {cond}) return TT_RUNTIME_NULL_ARGUMENT;"
+        return (f"  if (inputs == NULL || outputs == NULL || {cond}) "
+                "return TT_RUNTIME_NULL_ARGUMENT;")
 
     def _emit_header(self, arena_bytes: int, params_bytes: int) -> str:
         upper = self.prefix.upper()
@@ -406,7 +410,8 @@ class AotEmitter:
         for t in self.w.inputs:
             size_macros.append(f"#define {upper}_{t.name.upper()}_SIZE {t.nbytes} "
                                f"/* {t.dtype}{list(t.shape)} */")
-            in_fields.append(f"  const {c_type(t.dtype)} *{t.name}; /* {t.dtype}{list(t.shape)} */")
+            in_fields.append(
+                f"  const {c_type(t.dtype)} *{t.name}; /* {t.dtype}{list(t.shape)} */")
         for t in self.outputs:
             size_macros.append(f"#define {upper}_{t.name.upper()}_SIZE {t.nbytes} "
                                f"/* {t.dtype}{list(t.shape)} */")

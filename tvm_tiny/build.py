@@ -119,6 +119,10 @@ def build(model: ModelLike, target: str = "host", offload: bool = True,
     files.update(runtime_files(kernel_sources))
     metadata = _metadata(aot, profile, name, offloaded, _model_hash(mod))
     metadata["not_offloaded"] = rejected
+    # The same model with every MHSA left to TVM (layer-wise), planned by the same AOT planner.
+    layerwise = _compile(mod, name, profile, False, None)[0] if offload and offloaded else aot
+    metadata["layerwise_arena_bytes"] = layerwise.arena_bytes
+    metadata["layerwise_arena_usage_by_step"] = layerwise.usage_by_step
     files["metadata.json"] = metadata_json(metadata)
     return TinyModule(name, prefix, profile.name, files, aot.inputs, aot.outputs, metadata)
 
@@ -144,4 +148,5 @@ def _metadata(aot: AotResult, profile: TargetProfile, name: str,
             for s in aot.steps if s.kind == "tir"
         ],
         "memory_plan": aot.buffers,
+        "arena_usage_by_step": aot.usage_by_step,
     }

@@ -12,6 +12,7 @@ from typing import Union
 
 import onnx
 import tvm
+
 from .errors import ModelError, UnsupportedOperatorError
 from .relax_compat import shape_dims, tensor_type
 

@@ -131,7 +131,10 @@ class LayoutTracer:
         else:
             parts = [int(s) for s in sections]
         item = int(value.index)
-        return split.args[0], (lambda idx, p=parts, a=axis, i=item: np.split(idx, p, axis=a)[i]), 1.0
+        def apply(idx: np.ndarray, p: int | list[int] = parts) -> np.ndarray:
+            return np.split(idx, p, axis=axis)[item]
+
+        return split.args[0], apply, 1.0
 
     def _strided_slice(self, args: list[relax.Expr]):  # noqa: ANN202
         try:

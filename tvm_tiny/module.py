@@ -68,7 +68,7 @@ class TinyModule:
             out.write_text(content)
         return directory
 
-    # -- running on the host -------------------------------------------------------------------------
+    # -- running on the host ----------------------------------------------------------------
     def _load(self) -> ctypes.CDLL:
         if self._library is None:
             lib_path = compile_host_library(

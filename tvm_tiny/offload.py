@@ -43,7 +43,6 @@ def offload_mhsa(mod: tvm.IRModule, model: str, profile: TargetProfile
     each offloaded MHSA, the extern kernels for the AOT, the kernel library sources they need and
     the reasons attentions that were not offloaded stayed with TVM.
     """
-    del profile  # one kernel flavour (portable C) until board profiles land (issue #4)
     report = PartitionReport()
     mod = partition_for_tiny(mod, report)
     options = CodegenOptions(model, _kernel_configs(mod))
@@ -72,10 +71,32 @@ def offload_mhsa(mod: tvm.IRModule, model: str, profile: TargetProfile
             "unfused_params_bytes": unfused_params_bytes(shape, with_biases=has_biases),
             "scratch_bytes": kernel.scratch_bytes,
             "peak_bytes": kernel.scratch_bytes + io_bytes,
+            "layerwise_peak_bytes": layerwise_peak_bytes(func, model, profile),
         })
     mod = relax.transform.RunCodegen({"tvm_tiny": {"options": options.to_json()}})(mod)
     _check_external_modules(mod, externs)
     return mod, entries, externs, library, report.rejected
+
+
+def layerwise_peak_bytes(func: relax.Function, model: str, profile: TargetProfile) -> int:
+    """Peak working memory of one MHSA compiled layer-wise by TVM alone (same AOT planner).
+
+    The offloaded composite is compiled as a model of its own, so the figure is measured the same
+    way as ours: arena (planned intermediates + TIR workspace) plus the input and output tensors.
+    """
+    from .aot import emit_aot
+    from .lower import build_tir_to_c, fuse_and_plan
+    from .mhsa import _composite_of
+
+    composite = _composite_of(func)
+    standalone = relax.Function(composite.params, composite.body, composite.ret_ty)
+    standalone = standalone.with_attrs({"global_symbol": "main", "num_input": 1})
+    lowered = fuse_and_plan(tvm.IRModule({"main": standalone}))
+    tir = build_tir_to_c(lowered, profile.tvm_target(), f"tvmtiny_{model}_layerwise")
+    aot = emit_aot(tir.module["main"], f"{model}_layerwise", {}, tir.tir_symbols,
+                   tir.tir_c_source)
+    io_bytes = sum(t.nbytes for t in aot.inputs) + sum(t.nbytes for t in aot.outputs)
+    return aot.arena_bytes + io_bytes
 
 
 def _check_external_modules(mod: tvm.IRModule, externs: dict[str, ExternKernel]) -> None:

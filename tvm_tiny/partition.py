@@ -22,7 +22,7 @@ class PartitionReport:
 
 
 def partition_for_tiny(mod: tvm.IRModule, report: PartitionReport | None = None) -> tvm.IRModule:
-    """Partition ``mod`` so each multi-head self-attention becomes a ``Codegen="tvm_tiny"`` function.
+    """Partition ``mod``: each multi-head self-attention becomes a ``Codegen="tvm_tiny"`` function.
 
     Like ``partition_for_cmsisnn`` / ``partition_for_tensorrt``: normalize, match, outline.
 

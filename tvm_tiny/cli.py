@@ -1,0 +1,187 @@
+"""``tvm-tiny`` command line: build, run, report, demo (mirrors the Python API)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import TinyError
+
+
+def _summary(lib: Any) -> str:
+    m = lib.metadata
+    lines = [f"model '{m['model']}' for target '{m['target']}': entry point {m['entry_point']}()"]
+    for entry in m["offloaded"]:
+        k = entry["kernel"]
+        lines.append(
+            f"  offloaded {entry['name']}: S={entry['seq']} E={entry['embed']} H={entry['heads']} "
+            f"P={entry['proj']} {entry['dtype']}, rows_per_block={k['rows_per_block']} "
+            f"fuse_qk={k['fuse_qk']} ({k['source']}); params {entry['unfused_params_bytes']} -> "
+            f"{entry['params_bytes']} B; peak {entry['peak_bytes']} B "
+            f"(layer-wise {entry['layerwise_peak_bytes']} B)"
+        )
+    for reason in m.get("not_offloaded", []):
+        lines.append(f"  left to TVM: {reason}")
+    lines.append(
+        f"  arena {m['arena_bytes']} B (layer-wise, TVM alone: {m['layerwise_arena_bytes']} B), "
+        f"params {m['params_bytes']} B, {len(m['tvm_functions'])} TVM kernel calls"
+    )
+    return "\n".join(lines)
+
+
+def _load_inputs(lib: Any, paths: list[str] | None, seed: int) -> list[np.ndarray]:
+    if paths:
+        return [np.load(p) for p in paths]
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(t.shape).astype(t.dtype) for t in lib.inputs]
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from .build import build
+
+    lib = build(args.model, target=args.target, offload=not args.no_offload)
+    out = Path(args.output)
+    lib.write_sources(out)
+    print(_summary(lib))
+    print(f"sources written to {out}/ (codegen/host/src, runtime/, metadata.json)")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .build import build
+
+    lib = build(args.model, target=args.target, offload=not args.no_offload)
+    outputs = lib.run(*_load_inputs(lib, args.input, args.seed))
+    print(_summary(lib))
+    for spec, value in zip(lib.outputs, outputs):
+        print(f"  output '{spec.name}' {list(value.shape)} {value.dtype}: mean {value.mean():.6g} "
+              f"min {value.min():.6g} max {value.max():.6g}")
+    return 0
+
+
+def _plan_table(title: str, meta: dict[str, Any]) -> str:
+    rows = [f"{title}: arena {meta['arena_bytes']} B", "  buffer                                   "
+            "bytes   offset  steps"]
+    for b in sorted(meta["memory_plan"], key=lambda b: (b["offset"], b["first_step"])):
+        rows.append(f"  {b['name'][:40]:40s} {b['bytes']:7d} {b['offset']:8d}  "
+                    f"{b['first_step']}-{b['last_step']}")
+    return "\n".join(rows)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .build import build
+
+    lib = build(args.model, target=args.target)
+    print(_summary(lib))
+    print(_plan_table("tvm_tiny plan (MHSA offloaded, depth-first)", lib.metadata))
+    if lib.metadata["offloaded"]:
+        baseline = build(args.model, target=args.target, offload=False)
+        print(_plan_table("layer-wise plan (TVM alone)", baseline.metadata))
+    if args.plot:
+        plot_memory(lib.metadata, args.plot)
+        print(f"memory plot written to {args.plot}")
+    return 0
+
+
+def plot_memory(metadata: dict[str, Any], path: str) -> None:
+    """Arena bytes in use at each kernel call, tvm_tiny vs layer-wise (TVM alone)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for key, label in (("layerwise_arena_usage_by_step", "layer-wise (TVM alone)"),
+                       ("arena_usage_by_step", "tvm_tiny (depth-first MHSA)")):
+        usage = metadata[key]
+        ax.step(range(len(usage)), usage, where="mid", label=label)
+    ax.axhline(metadata["arena_bytes"], linestyle=":", color="C1",
+               label=f"tvm_tiny arena {metadata['arena_bytes']} B")
+    ax.axhline(metadata["layerwise_arena_bytes"], linestyle=":", color="C0",
+               label=f"layer-wise arena {metadata['layerwise_arena_bytes']} B")
+    ax.set_xlabel("kernel call (step)")
+    ax.set_ylabel("bytes live in the arena")
+    ax.set_title(f"Working memory of '{metadata['model']}' on {metadata['target']}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+DEMO_SHAPE = {"seq": 32, "embed": 64, "heads": 4, "layers": 2}
+"""Radar-gesture sized encoder (TinyRadar-like: S=32, E=64, H=4), two layers."""
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import onnxruntime as ort
+
+    from .build import build
+    from .models import encoder_helper, example_inputs
+
+    shape = DEMO_SHAPE
+    print(f"[demo] building a {shape['layers']}-layer encoder deterministically "
+          f"(S={shape['seq']}, E={shape['embed']}, H={shape['heads']}, seed 0)")
+    model = encoder_helper(shape["seq"], shape["embed"], shape["heads"], layers=shape["layers"])
+    feeds = example_inputs(model, seed=0)
+    reference = ort.InferenceSession(model.SerializeToString()).run(None, feeds)[0]
+    lib = build(model, target="host", name="demo_encoder")
+    (output,) = lib.run(*feeds.values())
+    baseline = build(model, target="host", offload=False, name="demo_encoder_tvm")
+    (base_output,) = baseline.run(*feeds.values())
+    err = float(np.abs(output - reference).max())
+    rel = err / float(np.abs(reference).max())
+    print(_summary(lib))
+    print(f"[demo] max |error| vs onnxruntime: {err:.3g} (relative {rel:.3g}); "
+          f"TVM alone: {float(np.abs(base_output - reference).max()):.3g}")
+    m = lib.metadata
+    print(f"[demo] arena: tvm_tiny {m['arena_bytes']} B vs TVM alone "
+          f"{baseline.metadata['arena_bytes']} B "
+          f"({baseline.metadata['arena_bytes'] / m['arena_bytes']:.2f}x smaller)")
+    ok = rel < 1e-4 and len(m["offloaded"]) == shape["layers"]
+    print("[demo] " + ("OK: every MHSA offloaded and the output matches onnxruntime" if ok
+                       else "FAILED"))
+    if args.json:
+        Path(args.json).write_text(json.dumps(m, indent=2, sort_keys=True))
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tvm-tiny", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def model_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("model", help="ONNX model file")
+        p.add_argument("--target", default="host", help="target profile (default: host)")
+        return p
+
+    p = model_command("build", "compile a model to C sources")
+    p.add_argument("-o", "--output", required=True, help="output directory")
+    p.add_argument("--no-offload", action="store_true", help="TVM alone (the baseline)")
+    p.set_defaults(func=cmd_build)
+    p = model_command("run", "build and run a model on the host")
+    p.add_argument("--input", nargs="*", help=".npy input files (default: random, seeded)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-offload", action="store_true")
+    p.set_defaults(func=cmd_run)
+    p = model_command("report", "print the memory plan of both plans")
+    p.add_argument("--plot", help="write a PNG of arena use per step for both plans")
+    p.set_defaults(func=cmd_report)
+    p = sub.add_parser("demo", help="the main job: build, run and check a 2-layer encoder")
+    p.add_argument("--json", help="also write the metadata to this file")
+    p.set_defaults(func=cmd_demo)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except TinyError as err:
+        print(f"tvm-tiny: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
