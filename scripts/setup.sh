@@ -34,4 +34,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q -e ".[dev,torch]"
   touch "$stamp"
 fi
+# The QEMU TCG plugin counting instructions between marker functions (built into the cache,
+# once per QEMU plugin API; run_on_board also builds it on first use).
+.venv/bin/python -m tvm_tiny.emulator | sed 's/^/[setup] wincount plugin for /'
 echo "[setup] ready: $(.venv/bin/python -c 'import tvm, tvm_tiny; print("tvm", tvm.__version__)')"

@@ -6,13 +6,17 @@ Public API (DESIGN.md §3)::
     lib.run(x)                                      # generated C on the host
     lib.metadata                                    # arena/params bytes, what was offloaded
     lib.export_library_format("model.tar")
+    res = lib.run_on_board(x)                       # emulated board: outputs, instructions
+    tvm_tiny.export_project(lib, "out/")            # make -C out/ && make -C out/ run
     tvm_tiny.partition_for_tiny(mod)                # the partitioner alone
+    tvm_tiny.boards()                               # names of the board profiles
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .boards import board_names as boards  # noqa: E402
 from .build import build  # noqa: E402
 from .errors import (  # noqa: E402
     CodegenError,
@@ -26,7 +30,7 @@ from .errors import (  # noqa: E402
 )
 from .module import TinyModule  # noqa: E402
 from .partition import partition_for_tiny  # noqa: E402
-from .targets import target_names as boards  # noqa: E402
+from .project import export_project  # noqa: E402
 
 __all__ = [
     "CodegenError",
@@ -41,5 +45,6 @@ __all__ = [
     "__version__",
     "boards",
     "build",
+    "export_project",
     "partition_for_tiny",
 ]

@@ -10,7 +10,10 @@ module turns it into
   is the steps that use it; the greedy planner packs them (``memory.py``);
 * constants as aligned ``static const`` arrays;
 * ``int32_t tvmtiny_<model>_run(inputs, outputs)`` calling the kernels in order, in the spirit of
-  microTVM's ``tvmgen_default_run``, plus ``..._run_with_arena`` for a caller-owned arena.
+  microTVM's ``tvmgen_default_run``, plus ``..._run_with_arena`` for a caller-owned arena;
+* around every kernel call ``TT_STEP_BEGIN(i)``/``TT_STEP_END(i)`` (``tvm_tiny/tt_profile.h``):
+  nothing unless the firmware is built with ``TT_PROFILE_STEPS``, then calls of the marker
+  functions the emulator's instruction counter watches (one window per step).
 """
 
 from __future__ import annotations
@@ -337,7 +340,7 @@ class AotEmitter:
         model_c = _MODEL_C.format(
             model=self.model, prefix=self.prefix, upper=upper,
             decls="\n".join(decls), consts="\n".join(consts), shapes="\n".join(shape_defs),
-            body="\n".join(body), alignment=self.alignment,
+            body="\n".join(body), alignment=self.alignment, arena_bytes=arena_bytes,
             io_check=self._emit_io_check(),
         )
         model_h = self._emit_header(arena_bytes, params_bytes)
@@ -351,7 +354,7 @@ class AotEmitter:
 
     def _emit_step(self, i: int, step: Step, storage_buffer: list[int], scratch: int,
                    offsets: list[int], shape_name: object) -> str:
-        lines = [f"  /* step {i}: {step.name} */", "  {"]
+        lines = [f"  /* step {i}: {step.name} */", f"  TT_STEP_BEGIN({i});", "  {"]
         if step.kind == "tir":
             if len(step.args) > MAX_PACKED_ARGS:
                 raise LoweringError(f"{step.name} takes {len(step.args)} tensors; the runtime "
@@ -384,6 +387,7 @@ class AotEmitter:
             lines.append(
                 f"    if (rc != 0) tt_set_error(\"offloaded kernel failed: {step.name}\");")
         lines.append("  }")
+        lines.append(f"  TT_STEP_END({i});")
         lines.append("  if (rc != 0) return rc;")
         return "\n".join(lines)
 
@@ -513,6 +517,7 @@ _MODEL_C = """\
 #include <stdint.h>
 #include <string.h>
 
+#include "tvm_tiny/tt_profile.h"
 #include "tvm_tiny/tt_runtime.h"
 #include "{prefix}.h"
 
@@ -529,7 +534,10 @@ int32_t {prefix}_run_with_arena(const struct {prefix}_inputs *inputs,
                                 size_t arena_bytes) {{
   int32_t rc = 0;
 {io_check}
-  if (arena == NULL || arena_bytes < {upper}_ARENA_BYTES) return TT_RUNTIME_ARENA_TOO_SMALL;
+  if (arena == NULL || arena_bytes < {upper}_ARENA_BYTES) {{
+    tt_set_error("arena smaller than {upper}_ARENA_BYTES ({arena_bytes} bytes)");
+    return TT_RUNTIME_ARENA_TOO_SMALL;
+  }}
 {body}
   tt_workspace_unbind();
   return rc;

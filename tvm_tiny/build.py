@@ -13,12 +13,12 @@ import tvm
 
 from . import __version__
 from .aot import AotResult, ExternKernel, emit_aot
+from .boards import Board, check_fit, get_board, memory_needs
 from .frontend import ModelLike, to_relax
 from .lower import build_tir_to_c, fuse_and_plan
 from .memory import DEFAULT_ALIGNMENT
 from .module import TinyModule, metadata_json
 from .resources import TVM_HEADERS, codegen_dir, runtime_dir, tvm_header_dirs
-from .targets import TargetProfile, get_target
 
 
 def _read_tree(root: Any, prefix: str, patterns: tuple[str, ...]) -> dict[str, str]:
@@ -54,7 +54,7 @@ def _model_hash(mod: tvm.IRModule) -> str:
     return hashlib.sha256(mod.script(show_meta=True).encode()).hexdigest()[:16]
 
 
-def _compile(mod: tvm.IRModule, name: str, profile: TargetProfile, offload: bool,
+def _compile(mod: tvm.IRModule, name: str, profile: Board, offload: bool,
              arena_limit: int | None) -> tuple[AotResult, str, list[dict[str, Any]],
                                                 dict[str, ExternKernel], list[str], list[str]]:
     """Partition (optionally), generate, lower and plan one Relax module."""
@@ -85,7 +85,10 @@ def build(model: ModelLike, target: str = "host", offload: bool = True,
         An ``onnx.ModelProto``, a path to an ``.onnx`` file, or a Relax ``IRModule`` with static
         shapes (weights as constants).
     target
-        A target profile name (``tvm_tiny.boards()``).
+        A board profile name (``tvm_tiny.boards()``). Its TVM ``c`` target attributes (mcpu,
+        march) go to TVM's code generator, and a model whose parameters, arena, I/O buffers or
+        stack cannot fit the board's memories is refused with :class:`MemoryPlanError` naming
+        the memory and the bytes (the linker script enforces the same sizes, code included).
     offload
         Offload every matched MHSA to tvm_tiny's kernels. ``False`` compiles the same model with
         TVM alone through the same AOT path: the baseline of every comparison.
@@ -100,7 +103,7 @@ def build(model: ModelLike, target: str = "host", offload: bool = True,
 
     if tuning_log is not None:
         raise NotImplementedError("tuning logs are applied once the tuner lands (issue #6)")
-    profile = get_target(target)
+    profile = get_board(target)
     mod, model_name = to_relax(model)
     name = c_identifier(name or model_name)
     relax_text = mod.script()
@@ -119,6 +122,14 @@ def build(model: ModelLike, target: str = "host", offload: bool = True,
     files.update(runtime_files(kernel_sources))
     metadata = _metadata(aot, profile, name, offloaded, _model_hash(mod))
     metadata["not_offloaded"] = rejected
+    needs = memory_needs(
+        profile, arena_bytes=aot.arena_bytes,
+        params_bytes=aot.params_bytes + sum(e["params_bytes"] for e in offloaded),
+        io_bytes=sum(t.nbytes for t in aot.inputs + aot.outputs))
+    metadata["memory_needs"] = [
+        {"memory": n.memory, "bytes": n.total, "size": n.size, "parts": dict(n.parts)}
+        for n in needs]
+    check_fit(profile, name, needs)
     # The same model with every MHSA left to TVM (layer-wise), planned by the same AOT planner.
     layerwise = _compile(mod, name, profile, False, None)[0] if offload and offloaded else aot
     metadata["layerwise_arena_bytes"] = layerwise.arena_bytes
@@ -127,7 +138,7 @@ def build(model: ModelLike, target: str = "host", offload: bool = True,
     return TinyModule(name, prefix, profile.name, files, aot.inputs, aot.outputs, metadata)
 
 
-def _metadata(aot: AotResult, profile: TargetProfile, name: str,
+def _metadata(aot: AotResult, profile: Board, name: str,
               offloaded: list[dict[str, Any]], model_hash: str) -> dict[str, Any]:
     return {
         "tvm_tiny_version": __version__,
@@ -143,6 +154,7 @@ def _metadata(aot: AotResult, profile: TargetProfile, name: str,
         "outputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype}
                     for t in aot.outputs],
         "offloaded": offloaded,
+        "steps": [{"name": s.name, "kind": s.kind} for s in aot.steps],
         "tvm_functions": [
             {"name": s.name, "workspace_bytes": s.scratch_bytes}
             for s in aot.steps if s.kind == "tir"

@@ -106,14 +106,13 @@ def _op_name(value: relax.Expr | None) -> str | None:
 def _as_projection(tracer: LayoutTracer, expr: relax.Expr) -> _Projection:
     """``add(matmul(data, W), b)`` / ``add(b, matmul(..))`` / ``matmul(data, W)`` with constants."""
     value = tracer.producer(expr)
-    bias, bias_const, vars_ = None, (), [expr]
+    bias, vars_ = None, [expr]
     if _op_name(value) == "relax.add":
         a, b = value.args
         matmul_var, bias_expr = (a, b) if is_constant(b) else (b, a)
         if not is_constant(bias_expr):
             raise Rejected("projection bias is not a constant")
         bias = constant_value(bias_expr).reshape(-1)
-        bias_const = (bias_expr,)
         value = tracer.producer(matmul_var)
         vars_.append(matmul_var)
     if _op_name(value) != "relax.matmul":
@@ -126,7 +125,9 @@ def _as_projection(tracer: LayoutTracer, expr: relax.Expr) -> _Projection:
         raise Rejected(f"projection weight has rank {weight.ndim}, expected 2")
     if bias is not None and bias.shape[0] != weight.shape[1]:
         raise Rejected(f"projection bias has {bias.shape[0]} values for {weight.shape[1]} outputs")
-    return _Projection(data, weight, bias, (weight_expr, *bias_const), tuple(vars_))
+    # Only the weight matrix counts for the sharing check: exporters merge equal biases (e.g. the
+    # zero biases of untrained torch layers) into one initializer, which costs nothing to copy.
+    return _Projection(data, weight, bias, (weight_expr,), tuple(vars_))
 
 
 def _head_columns(index: np.ndarray, width: int, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -268,7 +269,6 @@ def _output_projection(tracer: LayoutTracer, uses: _Uses, bindings: dict[relax.V
             bo_src = constant_value(bias_expr).reshape(-1).astype(np.float32)
             root = users[0]
             region.append(root)
-            consts.append(bias_expr)
     traced = tracer.trace(ctx)
     if traced is None or not traced.source.same_as(core) or traced.scale != 1.0:
         raise Rejected("output projection input is not a re-layout of the attention output")

@@ -41,11 +41,24 @@ def dl_type(dtype: str) -> tuple[str, int]:
     return code, bits
 
 
+# C99 keywords (and the C11 ones a C99 compiler may still reserve): never valid identifiers.
+_C_KEYWORDS = frozenset((
+    "auto", "break", "case", "char", "const", "continue", "default", "do", "double", "else",
+    "enum", "extern", "float", "for", "goto", "if", "inline", "int", "long", "register",
+    "restrict", "return", "short", "signed", "sizeof", "static", "struct", "switch", "typedef",
+    "union", "unsigned", "void", "volatile", "while", "_Bool", "_Complex", "_Imaginary",
+    "_Alignas", "_Alignof", "_Atomic", "_Generic", "_Noreturn", "_Static_assert",
+    "_Thread_local", "bool", "true", "false",
+))
+
+
 def c_identifier(name: str) -> str:
-    """A valid, readable C identifier derived from ``name``."""
+    """A valid, readable C identifier derived from ``name`` (keywords get a ``_`` suffix)."""
     ident = re.sub(r"[^0-9A-Za-z_]", "_", name)
     if not ident or ident[0].isdigit():
         ident = "m_" + ident
+    if ident in _C_KEYWORDS:
+        ident += "_"
     return ident
 
 
@@ -80,20 +93,23 @@ def format_values(array: np.ndarray, per_line: int = 8, indent: str = "  ") -> s
 
 
 def warn_non_finite(name: str, array: np.ndarray) -> None:
-    """Warn (never fail) when a weight holds NaN or Inf: the model is probably broken."""
+    """Warn (never fail) when a weight holds NaN or Inf: the model is probably broken.
+
+    Called by the frontend with the model's own tensor names, once per weight.
+    """
     if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
         bad = int(np.count_nonzero(~np.isfinite(array)))
         warnings.warn(
-            f"constant '{name}' (shape {list(array.shape)}) holds {bad} NaN/Inf value(s)",
+            f"weight '{name}' (shape {list(array.shape)}) holds {bad} NaN/Inf value(s); "
+            "the compiled model will propagate them",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
 
 
 def const_array(name: str, array: np.ndarray, alignment: int, comment: str = "") -> str:
     """A ``static const`` aligned array definition holding ``array``."""
     ctype = _DTYPES[str(array.dtype) if array.dtype != np.bool_ else "bool"][0]
-    warn_non_finite(name, array)
     head = f"/* {comment} */\n" if comment else ""
     count = max(array.size, 1)
     body = format_values(array) if array.size else "  0"

@@ -1,4 +1,4 @@
-"""``tvm-tiny`` command line: build, run, report, demo (mirrors the Python API)."""
+"""``tvm-tiny`` command line: build, run, export, report, demo (mirrors the Python API)."""
 
 from __future__ import annotations
 
@@ -52,15 +52,70 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _board_report(lib: Any, run: Any, host_outputs: list[np.ndarray]) -> str:
+    """Instructions per kernel and memory per memory of one emulated run (instructions, not
+    cycles)."""
+    from .boards import get_board
+
+    board = get_board(run.board)
+    lines = [f"instructions on {run.board} (QEMU {run.machine}, -icount shift=0; "
+             "instructions, not cycles):",
+             f"  {'one model run':56s} {run.instructions:12d}"]
+    if run.minstret is not None:
+        lines.append(f"  {'minstret around the run (cross-check)':56s} {run.minstret:12d}")
+    for name, count in sorted(run.per_kernel.items(), key=lambda kv: -kv[1]):
+        lines.append(f"  {name[:56]:56s} {count:12d} {100.0 * count / run.instructions:6.1f}%")
+    if run.cluster is not None:
+        c = run.cluster
+        lines.append(
+            f"MODELLED {c.cores}-core cluster (each core's work measured, the cores run one "
+            f"after another; a fork = slowest core + {c.fork_join_instructions} assumed "
+            "fork/join instructions):")
+        for name, modelled in c.modelled_per_step.items():
+            lines.append(f"  {name[:56]:56s} {modelled:12d} (one core: "
+                         f"{dict(run.per_step)[name]})")
+        lines.append(f"  {'one model run, modelled':56s} {c.modelled_instructions:12d} "
+                     f"({c.serial_instructions / c.modelled_instructions:.2f}x fewer)")
+    lines += [f"  note: {note}" for note in board.notes]
+    lines.append(f"memory on {run.board} (linked firmware vs the board; the model's share):")
+    shares = {n["memory"]: n["parts"] for n in lib.metadata["memory_needs"]}
+    for mem in board.memories:
+        used, size = run.memory.get(mem.name, (0, mem.size))
+        share = ", ".join(f"{k} {v}" for k, v in shares.get(mem.name, {}).items())
+        if board.placement is not None and mem.name == board.placement.stack:
+            share += f" (stack used {run.stack_used})"
+        lines.append(f"  {mem.name:6s} {used:9d} of {size:9d} B ({100.0 * used / size:5.1f}%)"
+                     f"{'  ' + share if share else ''}")
+    for spec, value, ref in zip(lib.outputs, run.outputs, host_outputs):
+        err = float(np.abs(value.astype(np.float64) - ref).max())
+        lines.append(f"  output '{spec.name}' on {run.board} vs host: max |error| {err:.3g}")
+    return "\n".join(lines)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .build import build
 
     lib = build(args.model, target=args.target, offload=not args.no_offload)
-    outputs = lib.run(*_load_inputs(lib, args.input, args.seed))
+    inputs = _load_inputs(lib, args.input, args.seed)
+    outputs = lib.run(*inputs)
     print(_summary(lib))
-    for spec, value in zip(lib.outputs, outputs):
+    board_run = lib.run_on_board(*inputs) if args.target != "host" else None
+    for spec, value in zip(lib.outputs, board_run.outputs if board_run else outputs):
         print(f"  output '{spec.name}' {list(value.shape)} {value.dtype}: mean {value.mean():.6g} "
               f"min {value.min():.6g} max {value.max():.6g}")
+    if board_run is not None:
+        print(_board_report(lib, board_run, outputs))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .build import build
+    from .project import export_project
+
+    lib = build(args.model, target=args.target, offload=not args.no_offload)
+    out = export_project(lib, args.output)
+    print(_summary(lib))
+    print(f"project written to {out}/: make -C {out} builds it, make -C {out} run emulates it")
     return 0
 
 
@@ -164,11 +219,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--output", required=True, help="output directory")
     p.add_argument("--no-offload", action="store_true", help="TVM alone (the baseline)")
     p.set_defaults(func=cmd_build)
-    p = model_command("run", "build and run a model on the host")
+    p = model_command("run", "build and run a model (host, or a board in its emulator)")
     p.add_argument("--input", nargs="*", help=".npy input files (default: random, seeded)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-offload", action="store_true")
     p.set_defaults(func=cmd_run)
+    p = model_command("export", "write a self-contained firmware project for a board")
+    p.add_argument("-o", "--output", required=True, help="project directory")
+    p.add_argument("--no-offload", action="store_true")
+    p.set_defaults(func=cmd_export)
     p = model_command("report", "print the memory plan of both plans")
     p.add_argument("--plot", help="write a PNG of arena use per step for both plans")
     p.set_defaults(func=cmd_report)

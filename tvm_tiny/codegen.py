@@ -21,7 +21,13 @@ import tvm_ffi
 
 from .cformat import c_identifier, const_array
 from .mhsa import MhsaDescriptor, describe_mhsa, offloaded_symbol
-from .mhsa_weights import KernelConfig, arrange_f32, scratch_bytes, stored_params_bytes
+from .mhsa_weights import (
+    KernelConfig,
+    arrange_f32,
+    cluster_scratch_bytes,
+    scratch_bytes,
+    stored_params_bytes,
+)
 from .patterns import MHSA_COMPOSITE
 
 CONST_ALIGNMENT = 16
@@ -51,8 +57,9 @@ def kernel_function_name(model: str, symbol: str) -> str:
 
 
 def emit_mhsa_f32(desc: MhsaDescriptor, config: KernelConfig, model: str,
-                  config_source: str) -> GeneratedKernel:
-    """C source of one float32 MHSA instance calling ``tt_mhsa_f32``."""
+                  config_source: str, cores: int = 1) -> GeneratedKernel:
+    """C source of one float32 MHSA instance calling ``tt_mhsa_f32``, or, on a cluster of
+    ``cores`` > 1 cores, ``tt_mhsa_f32_cluster`` (heads split across the cores)."""
     shape = desc.shape
     fn = kernel_function_name(model, desc.symbol)
     arrays = arrange_f32(desc.weights, shape, config)
@@ -64,21 +71,31 @@ def emit_mhsa_f32(desc: MhsaDescriptor, config: KernelConfig, model: str,
         f".{name} = {fn}_{name}" if name in arrays else f".{name} = NULL"
         for name in _PARAM_FIELDS
     )
-    scratch = scratch_bytes(shape, config)
+    if cores > 1:
+        scratch = cluster_scratch_bytes(shape, config, cores)
+        call = _CLUSTER_CALL.format(fn=fn, cores=cores)
+        library: tuple[str, ...] = ("mhsa/tt_mhsa_f32.c", "mhsa/tt_mhsa_f32_cluster.c",
+                                    "port/tt_cluster_serial.c")
+        where = (f"heads split across {cores} cluster cores; scratch = "
+                 "tt_mhsa_f32_cluster_get_buffer_size")
+    else:
+        scratch = scratch_bytes(shape, config)
+        call = _SINGLE_CALL.format(fn=fn)
+        library = ("mhsa/tt_mhsa_f32.c",)
+        where = "one core; scratch = tt_mhsa_f32_get_buffer_size"
     source = _MHSA_F32_TEMPLATE.format(
         fn=fn, symbol=desc.symbol, model=model, s=shape.seq, e=shape.embed, h=shape.heads,
         p=shape.proj, eo=shape.out_features, rows=config.rows_per_block,
         fuse=int(config.fuse_qk), source=config_source, scale=repr(desc.weights.scale),
         scale_c=f"{desc.weights.scale!r}f" if "e" in repr(desc.weights.scale)
         or "." in repr(desc.weights.scale) else f"{desc.weights.scale!r}.0f",
-        consts="\n".join(consts), pointers=pointers, scratch=scratch,
+        consts="\n".join(consts), pointers=pointers, scratch=scratch, call=call, where=where,
         fused="Q and K fused offline (FWSA)" if config.fuse_qk else "Q and K unfused",
     )
-    return GeneratedKernel(desc.symbol, fn, source, scratch, stored_params_bytes(arrays),
-                           ("mhsa/tt_mhsa_f32.c",))
+    return GeneratedKernel(desc.symbol, fn, source, scratch, stored_params_bytes(arrays), library)
 
 
-Emitter = Callable[[MhsaDescriptor, KernelConfig, str, str], GeneratedKernel]
+Emitter = Callable[[MhsaDescriptor, KernelConfig, str, str, int], GeneratedKernel]
 EMITTERS: dict[tuple[str, str], Emitter] = {
     (MHSA_COMPOSITE, "float32"): emit_mhsa_f32,
 }
@@ -91,6 +108,7 @@ class CodegenOptions:
 
     model: str
     configs: dict[str, dict[str, object]]  # symbol -> {"rows_per_block", "fuse_qk", "source"}
+    cores: int = 1  # cores the MHSA heads are split across (the board's cluster)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -98,7 +116,7 @@ class CodegenOptions:
     @staticmethod
     def from_json(text: str) -> CodegenOptions:
         data = json.loads(text)
-        return CodegenOptions(data["model"], data["configs"])
+        return CodegenOptions(data["model"], data["configs"], int(data.get("cores", 1)))
 
 
 def generate_kernel(func: tvm.relax.Function, options: CodegenOptions) -> GeneratedKernel:
@@ -112,7 +130,7 @@ def generate_kernel(func: tvm.relax.Function, options: CodegenOptions) -> Genera
         config = KernelConfig(int(chosen["rows_per_block"]), bool(chosen["fuse_qk"]))
         source = str(chosen.get("source", "options"))
     emitter = EMITTERS[(MHSA_COMPOSITE, desc.dtype)]
-    return emitter(desc, config, options.model, source)
+    return emitter(desc, config, options.model, source, options.cores)
 
 
 @tvm_ffi.register_global_func("relax.ext.tvm_tiny")
@@ -135,8 +153,9 @@ _MHSA_F32_TEMPLATE = """\
  * Shape: S={s} E={e} H={h} P={p} E_out={eo}, float32. {fused}.
  * Kernel config: rows_per_block={rows} fuse_qk={fuse} (from: {source}).
  * Depth-first: one head's K/V and one block of {rows} score rows live at a time;
- * scratch = {scratch} bytes (tt_mhsa_f32_get_buffer_size), taken from the model arena.
+ * {where}: {scratch} bytes, taken from the model arena.
  */
+#include <math.h> /* NAN/INFINITY, should a weight hold them */
 #include <stddef.h>
 #include <stdint.h>
 
@@ -158,7 +177,15 @@ int32_t {fn}(const void *const *args, void *const *outs, uint8_t *scratch,
 /* AOT entry: args[0] = x [S][E], outs[0] = y [S][E_out]; scratch from the arena. */
 int32_t {fn}(const void *const *args, void *const *outs, uint8_t *scratch,
              int32_t scratch_bytes) {{
-  return (int32_t)tt_mhsa_f32(&{fn}_dims, &{fn}_config, &{fn}_params, (const float *)args[0],
-                              (float *)outs[0], (float *)(void *)scratch, scratch_bytes);
+{call}
 }}
 """
+
+_SINGLE_CALL = """\
+  return (int32_t)tt_mhsa_f32(&{fn}_dims, &{fn}_config, &{fn}_params, (const float *)args[0],
+                              (float *)outs[0], (float *)(void *)scratch, scratch_bytes);"""
+
+_CLUSTER_CALL = """\
+  return (int32_t)tt_mhsa_f32_cluster(&{fn}_dims, &{fn}_config, &{fn}_params,
+                                      (const float *)args[0], (float *)outs[0],
+                                      (float *)(void *)scratch, scratch_bytes, {cores});"""

@@ -13,6 +13,7 @@ from typing import Union
 import onnx
 import tvm
 
+from .cformat import warn_non_finite
 from .errors import ModelError, UnsupportedOperatorError
 from .relax_compat import shape_dims, tensor_type
 
@@ -80,6 +81,28 @@ def check_onnx_operators(model: onnx.ModelProto) -> None:
         )
 
 
+def warn_non_finite_onnx_weights(model: onnx.ModelProto) -> None:
+    """Warn once per ONNX initializer holding NaN/Inf, naming the initializer."""
+    from onnx import numpy_helper
+
+    for init in model.graph.initializer:
+        warn_non_finite(init.name, numpy_helper.to_array(init))
+
+
+def warn_non_finite_relax_weights(mod: tvm.IRModule) -> None:
+    """Warn once per Relax constant of ``main`` holding NaN/Inf, naming the var that uses it."""
+    from .relax_compat import constant_value, is_constant
+
+    seen: list[object] = []
+    for block in mod["main"].body.blocks:
+        for binding in block.bindings:
+            args = getattr(binding.value, "args", [])
+            for arg in args:
+                if is_constant(arg) and not any(arg.same_as(c) for c in seen):
+                    seen.append(arg)
+                    warn_non_finite(f"constant used by '{binding.var.name}'", constant_value(arg))
+
+
 def check_relax_static_shapes(mod: tvm.IRModule) -> None:
     """Every parameter of ``main`` must have a fully static, non-empty tensor shape."""
     if "main" not in [gv.name_hint for gv in mod.get_global_vars()]:
@@ -111,6 +134,7 @@ def to_relax(model: ModelLike) -> tuple[tvm.IRModule, str]:
     """
     if isinstance(model, tvm.IRModule):
         check_relax_static_shapes(model)
+        warn_non_finite_relax_weights(model)
         return model, "model"
     if isinstance(model, (str, os.PathLike)):
         name = Path(model).stem
@@ -124,6 +148,7 @@ def to_relax(model: ModelLike) -> tuple[tvm.IRModule, str]:
         )
     check_onnx_static_shapes(model)
     check_onnx_operators(model)
+    warn_non_finite_onnx_weights(model)
     from tvm.relax.frontend.onnx import from_onnx
 
     try:

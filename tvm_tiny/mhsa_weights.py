@@ -231,6 +231,15 @@ def scratch_bytes(shape: MhsaShape, config: KernelConfig) -> int:
     return floats * FLOAT32_BYTES
 
 
+def cluster_scratch_bytes(shape: MhsaShape, config: KernelConfig, cores: int) -> int:
+    """Scratch bytes ``tt_mhsa_f32_cluster`` needs on ``cores`` cores; equals
+    ``tt_mhsa_f32_cluster_get_buffer_size``: one head scratch per active core (A = min(cores, H))
+    plus the partial outputs of cores 1 .. A-1."""
+    active = min(cores, shape.heads)
+    out_bytes = shape.seq * shape.out_features * FLOAT32_BYTES
+    return active * scratch_bytes(shape, config) + (active - 1) * out_bytes
+
+
 def unfused_params_bytes(shape: MhsaShape, *, with_biases: bool = True) -> int:
     """float32 bytes of the unfused Q, K, V, O weights (4HEP with E_out = E),
     plus all four biases when ``with_biases``: the "before fusion" figure."""

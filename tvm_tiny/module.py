@@ -129,6 +129,19 @@ class TinyModule:
             raise RunError(f"model '{self.name}' returned status {rc}: {message}")
         return outputs
 
+    # -- running on a board -------------------------------------------------------------------
+    def run_on_board(self, *inputs: np.ndarray) -> Any:
+        """Cross-compile for the board this module was built for, run it in the board's
+        emulator (QEMU) and count instructions: see :func:`tvm_tiny.emulator.run_on_board`.
+
+        Returns a :class:`tvm_tiny.emulator.BoardRun` with ``.outputs`` (equal to :meth:`run`
+        within float tolerance), ``.instructions`` (one run), ``.per_kernel`` and, on RISC-V,
+        ``.minstret``.
+        """
+        from .emulator import run_on_board
+
+        return run_on_board(self, *inputs)
+
     def __repr__(self) -> str:
         offloaded = len(self.metadata.get("offloaded", []))
         return (

@@ -13,12 +13,12 @@ import tvm
 from tvm import relax
 
 from .aot import ExternKernel
+from .boards import Board
 from .codegen import CodegenOptions, generate_kernel
 from .errors import CodegenError
 from .mhsa import offloaded_symbol
 from .mhsa_weights import KernelConfig, unfused_params_bytes
 from .partition import PartitionReport, offloaded_functions, partition_for_tiny
-from .targets import TargetProfile
 
 
 def _kernel_configs(mod: tvm.IRModule) -> dict[str, dict[str, object]]:
@@ -34,7 +34,7 @@ def _kernel_configs(mod: tvm.IRModule) -> dict[str, dict[str, object]]:
     return configs
 
 
-def offload_mhsa(mod: tvm.IRModule, model: str, profile: TargetProfile
+def offload_mhsa(mod: tvm.IRModule, model: str, profile: Board
                  ) -> tuple[tvm.IRModule, list[dict[str, Any]], dict[str, ExternKernel],
                             list[str], list[str]]:
     """Partition ``mod`` and generate C for every offloaded MHSA.
@@ -45,7 +45,8 @@ def offload_mhsa(mod: tvm.IRModule, model: str, profile: TargetProfile
     """
     report = PartitionReport()
     mod = partition_for_tiny(mod, report)
-    options = CodegenOptions(model, _kernel_configs(mod))
+    cores = profile.cluster_cores
+    options = CodegenOptions(model, _kernel_configs(mod), cores)
     entries: list[dict[str, Any]] = []
     externs: dict[str, ExternKernel] = {}
     library: list[str] = []
@@ -73,12 +74,18 @@ def offload_mhsa(mod: tvm.IRModule, model: str, profile: TargetProfile
             "peak_bytes": kernel.scratch_bytes + io_bytes,
             "layerwise_peak_bytes": layerwise_peak_bytes(func, model, profile),
         })
+        if cores > 1:
+            # Fork 1 splits the heads over the cores; fork 2 (when more than one core has
+            # heads) adds their partial outputs. The emulator labels each core's window.
+            active = min(cores, shape.heads)
+            entries[-1]["cluster"] = {"cores": cores, "active_cores": active,
+                                      "forks": 2 if active > 1 else 1}
     mod = relax.transform.RunCodegen({"tvm_tiny": {"options": options.to_json()}})(mod)
     _check_external_modules(mod, externs)
     return mod, entries, externs, library, report.rejected
 
 
-def layerwise_peak_bytes(func: relax.Function, model: str, profile: TargetProfile) -> int:
+def layerwise_peak_bytes(func: relax.Function, model: str, profile: Board) -> int:
     """Peak working memory of one MHSA compiled layer-wise by TVM alone (same AOT planner).
 
     The offloaded composite is compiled as a model of its own, so the figure is measured the same

@@ -16,7 +16,9 @@ from .errors import ToolchainError
 
 # Flags every generated source must pass (C99, all warnings as errors).
 WARNING_FLAGS = ("-std=c99", "-Wall", "-Wextra", "-Werror")
-HOST_FLAGS = ("-O2", "-fPIC", "-shared", "-fno-strict-aliasing")
+# -Bsymbolic: the model's own TVMBackendAllocWorkspace (arena-backed) must win over the one in
+# libtvm_runtime.so, which the Python process has already loaded into the global scope.
+HOST_FLAGS = ("-O2", "-fPIC", "-shared", "-fno-strict-aliasing", "-Wl,-Bsymbolic")
 
 
 def cache_dir() -> Path:

@@ -129,6 +129,51 @@ tt_status tt_mhsa_f32(const tt_mhsa_dims *dims, const tt_mhsa_config *cfg,
                       const tt_mhsa_f32_params *p, const float *x, float *y, float *scratch,
                       int32_t scratch_bytes);
 
+/**
+ * @brief The head loop of tt_mhsa_f32() alone: accumulate heads
+ *        h_first, h_first + h_step, ... < H into y (y is NOT initialised).
+ *
+ * Parallel drivers give each core its own heads, its own y (or partial y)
+ * and its own scratch of tt_mhsa_f32_get_buffer_size() bytes.
+ *
+ * @return TT_OK; TT_ARG_ERROR as tt_mhsa_f32(), or h_first < 0 or h_step < 1;
+ *         TT_SCRATCH_ERROR as tt_mhsa_f32().
+ */
+tt_status tt_mhsa_f32_heads(const tt_mhsa_dims *dims, const tt_mhsa_config *cfg,
+                            const tt_mhsa_f32_params *p, const float *x, float *y,
+                            float *scratch, int32_t scratch_bytes, int32_t h_first,
+                            int32_t h_step);
+
+/**
+ * @brief Bytes of scratch tt_mhsa_f32_cluster() needs on @p cores cores.
+ *
+ * With A = min(cores, H) active cores and B = tt_mhsa_f32_get_buffer_size():
+ * A * B (one head scratch per core) + (A - 1) * S * E_out * sizeof(float)
+ * (the partial outputs of cores 1 .. A-1; core 0 accumulates into y).
+ *
+ * @return the size in bytes (> 0), or TT_ARG_ERROR (< 0) as
+ *         tt_mhsa_f32_get_buffer_size(), or cores < 1, or a size beyond int32_t.
+ */
+int32_t tt_mhsa_f32_cluster_get_buffer_size(const tt_mhsa_dims *dims, const tt_mhsa_config *cfg,
+                                            int32_t cores);
+
+/**
+ * @brief tt_mhsa_f32() on a cluster of @p cores cores (tt_cluster.h port layer).
+ *
+ * Fork 1: core c computes heads c, c + A, ... (A = min(cores, H)) into y
+ * (core 0, initialised with bo) or its partial output (initialised with 0).
+ * Fork 2 (when A > 1): the cores add the partial outputs into y, each a
+ * block of rows. The summation order differs from tt_mhsa_f32(), so results
+ * agree within float rounding, not bit for bit.
+ *
+ * @return TT_OK; TT_ARG_ERROR or TT_SCRATCH_ERROR as tt_mhsa_f32() (scratch
+ *         sized by tt_mhsa_f32_cluster_get_buffer_size()), or cores outside
+ *         1 .. TT_CLUSTER_MAX_CORES.
+ */
+tt_status tt_mhsa_f32_cluster(const tt_mhsa_dims *dims, const tt_mhsa_config *cfg,
+                              const tt_mhsa_f32_params *p, const float *x, float *y,
+                              float *scratch, int32_t scratch_bytes, int32_t cores);
+
 #ifdef __cplusplus
 }
 #endif

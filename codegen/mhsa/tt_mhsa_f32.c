@@ -232,10 +232,10 @@ int32_t tt_mhsa_f32_get_buffer_size(const tt_mhsa_dims *dims, const tt_mhsa_conf
   return (int32_t)(floats * (int64_t)sizeof(float));
 }
 
-tt_status tt_mhsa_f32(const tt_mhsa_dims *dims, const tt_mhsa_config *cfg,
-                      const tt_mhsa_f32_params *p, const float *x, float *y, float *scratch,
-                      int32_t scratch_bytes) {
-  /* Validate everything once, before the first write. */
+/** Checks of tt_mhsa_f32() and tt_mhsa_f32_heads(): TT_OK or the error to return. */
+static tt_status check_args(const tt_mhsa_dims *dims, const tt_mhsa_config *cfg,
+                            const tt_mhsa_f32_params *p, const float *x, const float *y,
+                            const float *scratch, int32_t scratch_bytes) {
   const int64_t floats = scratch_floats(dims, cfg);
   if (floats < 0 || !params_valid(p, cfg->fuse_qk) || x == NULL || y == NULL ||
       scratch == NULL) {
@@ -245,18 +245,24 @@ tt_status tt_mhsa_f32(const tt_mhsa_dims *dims, const tt_mhsa_config *cfg,
   if (scratch_bytes < need_bytes) {
     return TT_SCRATCH_ERROR;
   }
+  const int64_t x_bytes = (int64_t)dims->seq * dims->embed * (int64_t)sizeof(float);
+  const int64_t y_bytes = (int64_t)dims->seq * dims->out_features * (int64_t)sizeof(float);
+  if (overlaps(x, x_bytes, y, y_bytes) || overlaps(x, x_bytes, scratch, need_bytes) ||
+      overlaps(y, y_bytes, scratch, need_bytes)) {
+    return TT_ARG_ERROR;
+  }
+  return TT_OK;
+}
+
+/** Accumulate heads h_first, h_first + h_step, ... < H into y (arguments already checked). */
+static void mhsa_heads(const tt_mhsa_dims *dims, const tt_mhsa_config *cfg,
+                       const tt_mhsa_f32_params *p, const float *x, float *y, float *scratch,
+                       int32_t h_first, int32_t h_step) {
   const int32_t S = dims->seq;
   const int32_t E = dims->embed;
   const int32_t H = dims->heads;
   const int32_t P = dims->proj;
   const int32_t E_OUT = dims->out_features;
-  const int64_t x_bytes = (int64_t)S * E * (int64_t)sizeof(float);
-  const int64_t y_bytes = (int64_t)S * E_OUT * (int64_t)sizeof(float);
-  if (overlaps(x, x_bytes, y, y_bytes) || overlaps(x, x_bytes, scratch, need_bytes) ||
-      overlaps(y, y_bytes, scratch, need_bytes)) {
-    return TT_ARG_ERROR;
-  }
-
   const int fused = cfg->fuse_qk;
   const int32_t X = min_i32(cfg->rows_per_block, S); /* query rows per block */
   const int32_t T = fused ? E : P;                    /* width of the per-row query block */
@@ -273,15 +279,7 @@ tt_status tt_mhsa_f32(const tt_mhsa_dims *dims, const tt_mhsa_config *cfg,
   float *const scores = qt + X * T;
   float *const ctx = scores + X * S;
 
-  /* y = bo; every head then accumulates its share of ctx Wo into y. */
-  for (int32_t i = 0; i < S; ++i) {
-    float *y_row = y + i * E_OUT;
-    for (int32_t o = 0; o < E_OUT; ++o) {
-      y_row[o] = p->bo != NULL ? p->bo[o] : 0.0f;
-    }
-  }
-
-  for (int32_t h = 0; h < H; ++h) {
+  for (int32_t h = h_first; h < H; h += h_step) {
     const float *wv_h = p->wv + h * P * E;
     const float *bv_h = p->bv != NULL ? p->bv + h * P : NULL;
     const float *wo_h = p->wo + h * E_OUT * P;
@@ -334,5 +332,41 @@ tt_status tt_mhsa_f32(const tt_mhsa_dims *dims, const tt_mhsa_config *cfg,
       matmul_abt(rows, E_OUT, P, ctx, P, wo_h, P, &y_out);
     }
   }
+}
+
+tt_status tt_mhsa_f32_heads(const tt_mhsa_dims *dims, const tt_mhsa_config *cfg,
+                            const tt_mhsa_f32_params *p, const float *x, float *y,
+                            float *scratch, int32_t scratch_bytes, int32_t h_first,
+                            int32_t h_step) {
+  const tt_status status = check_args(dims, cfg, p, x, y, scratch, scratch_bytes);
+  if (status != TT_OK) {
+    return status;
+  }
+  if (h_first < 0 || h_step < 1) {
+    return TT_ARG_ERROR;
+  }
+  mhsa_heads(dims, cfg, p, x, y, scratch, h_first, h_step);
+  return TT_OK;
+}
+
+tt_status tt_mhsa_f32(const tt_mhsa_dims *dims, const tt_mhsa_config *cfg,
+                      const tt_mhsa_f32_params *p, const float *x, float *y, float *scratch,
+                      int32_t scratch_bytes) {
+  /* Validate everything once, before the first write. */
+  const tt_status status = check_args(dims, cfg, p, x, y, scratch, scratch_bytes);
+  if (status != TT_OK) {
+    return status;
+  }
+  const int32_t S = dims->seq;
+  const int32_t E_OUT = dims->out_features;
+  /* y = bo; every head then accumulates its share of ctx Wo into y. */
+  for (int32_t i = 0; i < S; ++i) {
+    float *y_row = y + i * E_OUT;
+    for (int32_t o = 0; o < E_OUT; ++o) {
+      y_row[o] = p->bo != NULL ? p->bo[o] : 0.0f;
+    }
+  }
+
+  mhsa_heads(dims, cfg, p, x, y, scratch, 0, 1);
   return TT_OK;
 }
