@@ -7,6 +7,7 @@ TVM lowering of the rest → TIR → C → AOT entry point → :class:`TinyModul
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass, field
 from typing import Any
 
 import tvm
@@ -54,9 +55,25 @@ def _model_hash(mod: tvm.IRModule) -> str:
     return hashlib.sha256(mod.script(show_meta=True).encode()).hexdigest()[:16]
 
 
+@dataclass
+class CompiledGraph:
+    """One Relax module carried through offload, TVM lowering and the AOT plan."""
+
+    aot: AotResult
+    tir_c_source: str
+    offloaded: list[dict[str, Any]] = field(default_factory=list)
+    externs: dict[str, ExternKernel] = field(default_factory=dict)
+    kernel_sources: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+
+    @property
+    def params_bytes(self) -> int:
+        """Every constant byte of the model: TIR constants plus the offloaded kernels' weights."""
+        return self.aot.params_bytes + sum(e["params_bytes"] for e in self.offloaded)
+
+
 def _compile(mod: tvm.IRModule, name: str, profile: Board, offload: bool,
-             arena_limit: int | None) -> tuple[AotResult, str, list[dict[str, Any]],
-                                                dict[str, ExternKernel], list[str], list[str]]:
+             arena_limit: int | None) -> CompiledGraph:
     """Partition (optionally), generate, lower and plan one Relax module."""
     offloaded: list[dict[str, Any]] = []
     externs: dict[str, ExternKernel] = {}
@@ -71,7 +88,7 @@ def _compile(mod: tvm.IRModule, name: str, profile: Board, offload: bool,
     tir = build_tir_to_c(lowered, profile.tvm_target(), prefix)
     aot = emit_aot(tir.module["main"], name, externs, tir.tir_symbols, tir.tir_c_source,
                    alignment=DEFAULT_ALIGNMENT, arena_limit=arena_limit)
-    return aot, tir.tir_c_source, offloaded, externs, kernel_sources, rejected
+    return CompiledGraph(aot, tir.tir_c_source, offloaded, externs, kernel_sources, rejected)
 
 
 def build(model: ModelLike, target: str = "host", offload: bool = True,
@@ -107,39 +124,38 @@ def build(model: ModelLike, target: str = "host", offload: bool = True,
     mod, model_name = to_relax(model)
     name = c_identifier(name or model_name)
     relax_text = mod.script()
-    aot, tir_c, offloaded, externs, kernel_sources, rejected = _compile(
-        mod, name, profile, offload, arena_bytes)
+    compiled = _compile(mod, name, profile, offload, arena_bytes)
+    aot, offloaded = compiled.aot, compiled.offloaded
     prefix = f"tvmtiny_{name}"
     files: dict[str, str] = {
         f"codegen/host/src/{prefix}.c": aot.model_c,
         f"codegen/host/include/{prefix}.h": aot.model_h,
         "src/relax.txt": relax_text,
     }
-    if tir_c:
-        files[f"codegen/host/src/{prefix}_tir.c"] = tir_c
-    for kernel in externs.values():
+    if compiled.tir_c_source:
+        files[f"codegen/host/src/{prefix}_tir.c"] = compiled.tir_c_source
+    for kernel in compiled.externs.values():
         files[f"codegen/host/src/{prefix}_{kernel.symbol}.c"] = kernel.source
-    files.update(runtime_files(kernel_sources))
-    metadata = _metadata(aot, profile, name, offloaded, _model_hash(mod))
-    metadata["not_offloaded"] = rejected
+    files.update(runtime_files(compiled.kernel_sources))
+    metadata = _metadata(compiled, profile, name, _model_hash(mod))
     needs = memory_needs(
-        profile, arena_bytes=aot.arena_bytes,
-        params_bytes=aot.params_bytes + sum(e["params_bytes"] for e in offloaded),
+        profile, arena_bytes=aot.arena_bytes, params_bytes=compiled.params_bytes,
         io_bytes=sum(t.nbytes for t in aot.inputs + aot.outputs))
     metadata["memory_needs"] = [
         {"memory": n.memory, "bytes": n.total, "size": n.size, "parts": dict(n.parts)}
         for n in needs]
     check_fit(profile, name, needs)
     # The same model with every MHSA left to TVM (layer-wise), planned by the same AOT planner.
-    layerwise = _compile(mod, name, profile, False, None)[0] if offload and offloaded else aot
+    layerwise = _compile(mod, name, profile, False, None).aot if offloaded else aot
     metadata["layerwise_arena_bytes"] = layerwise.arena_bytes
     metadata["layerwise_arena_usage_by_step"] = layerwise.usage_by_step
     files["metadata.json"] = metadata_json(metadata)
     return TinyModule(name, prefix, profile.name, files, aot.inputs, aot.outputs, metadata)
 
 
-def _metadata(aot: AotResult, profile: Board, name: str,
-              offloaded: list[dict[str, Any]], model_hash: str) -> dict[str, Any]:
+def _metadata(compiled: CompiledGraph, profile: Board, name: str,
+              model_hash: str) -> dict[str, Any]:
+    aot = compiled.aot
     return {
         "tvm_tiny_version": __version__,
         "tvm_version": tvm.__version__,
@@ -149,11 +165,13 @@ def _metadata(aot: AotResult, profile: Board, name: str,
         "entry_point": f"tvmtiny_{name}_run",
         "arena_bytes": aot.arena_bytes,
         "arena_bytes_without_reuse": aot.linear_arena_bytes,
-        "params_bytes": aot.params_bytes,
+        "params_bytes": compiled.params_bytes,
+        "tvm_params_bytes": aot.params_bytes,
         "inputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in aot.inputs],
         "outputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype}
                     for t in aot.outputs],
-        "offloaded": offloaded,
+        "offloaded": compiled.offloaded,
+        "not_offloaded": compiled.rejected,
         "steps": [{"name": s.name, "kind": s.kind} for s in aot.steps],
         "tvm_functions": [
             {"name": s.name, "workspace_bytes": s.scratch_bytes}
