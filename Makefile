@@ -14,5 +14,12 @@ test: setup
 lint: setup
 	.venv/bin/ruff check .
 
+# Random MHSA models through the whole compiler (tests/test_fuzz.py, profile `fuzz`): 500
+# examples with a fresh seed each run (TVM_TINY_FUZZ_EXAMPLES=N for more; replay one seed with
+# `make fuzz FUZZ_ARGS=--hypothesis-seed=N`). CI runs the same test with 100 fixed examples.
+fuzz: setup
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q -p no:warnings tests/test_fuzz.py \
+		--hypothesis-show-statistics $(FUZZ_ARGS)
+
 clean:
 	rm -rf build .pytest_cache .hypothesis

@@ -31,7 +31,7 @@ stamp=.venv/.tvm_tiny-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "[setup] installing tvm_tiny (editable) and its dependencies into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[dev,torch]"
+  .venv/bin/python -m pip install -q -e ".[dev,torch,dask]"
   touch "$stamp"
 fi
 # The QEMU TCG plugin counting instructions between marker functions (built into the cache,

@@ -9,6 +9,8 @@ Public API (DESIGN.md §3)::
     res = lib.run_on_board(x)                       # emulated board: outputs, instructions
     tvm_tiny.export_project(lib, "out/")            # make -C out/ && make -C out/ run
     tvm_tiny.partition_for_tiny(mod)                # the partitioner alone
+    tvm_tiny.tune(model, target="stm32h7", trials=64, log="tuning_logs/stm32h7.jsonl")
+    tvm_tiny.build(model, target="stm32h7", tuning_log="tuning_logs/stm32h7.jsonl")
     tvm_tiny.boards()                               # names of the board profiles
 """
 
@@ -31,6 +33,8 @@ from .errors import (  # noqa: E402
 from .module import TinyModule  # noqa: E402
 from .partition import partition_for_tiny  # noqa: E402
 from .project import export_project  # noqa: E402
+from .quantize import quantize  # noqa: E402
+from .tuning import tune  # noqa: E402
 
 __all__ = [
     "CodegenError",
@@ -47,4 +51,6 @@ __all__ = [
     "build",
     "export_project",
     "partition_for_tiny",
+    "quantize",
+    "tune",
 ]

@@ -30,6 +30,8 @@ from .memory import DEFAULT_ALIGNMENT, PlannerKind, align_up, make_planner
 from .relax_compat import constant_value, is_constant, shape_expr_values, static_shape
 
 MAX_PACKED_ARGS = 32  # mirrors TT_MAX_PACKED_ARGS in runtime_c/include/tvm_tiny/tt_runtime.h
+# Generated offsets, scratch sizes and kernel arguments are 32-bit (as are MCU address spaces).
+MAX_BYTES = 2**31 - 1
 _SKIPPED_BUILTINS = ("vm.builtin.check_tensor_info", "vm.builtin.match_shape")
 
 
@@ -293,12 +295,38 @@ class AotEmitter:
             return f"(void *)((uint8_t *)outputs->{out} + {ref.byte_offset})"
         return f"(void *)(arena + {offsets[storage_buffer[ref.index]] + ref.byte_offset})"
 
+    def _check_32bit(self) -> None:
+        """Refuse tensors or scratch that 32-bit offsets cannot address, naming them."""
+        named = [(f"input '{t.name}'", t) for t in self.w.inputs]
+        named += [(f"output '{t.name}'", t) for t in self.outputs]
+        for label, t in named:
+            if t.nbytes > MAX_BYTES:
+                raise MemoryPlanError(
+                    f"{label} {t.dtype}{list(t.shape)} is {t.nbytes} bytes; tvm_tiny's generated "
+                    f"C uses 32-bit offsets (at most {MAX_BYTES} bytes per buffer)")
+        for storage, size in enumerate(self.w.storage_sizes):
+            if size > MAX_BYTES:
+                shapes = [list(r.shape) for r in self.w.tensors.values()
+                          if r.kind == "storage" and r.index == storage]
+                raise MemoryPlanError(
+                    f"intermediate storage {storage} (tensors {shapes[:2]}) is {size} bytes; "
+                    f"tvm_tiny's generated C uses 32-bit offsets (at most {MAX_BYTES} bytes)")
+        for step in self.w.steps:
+            if step.scratch_bytes > MAX_BYTES:
+                raise MemoryPlanError(f"{step.name} needs {step.scratch_bytes} bytes of scratch; "
+                                      f"at most {MAX_BYTES} are addressable")
+
     def emit(self, arena_limit: int | None) -> AotResult:
+        self._check_32bit()
         storage_buffer, scratch_buffer, planner = self.plan(PlannerKind.GREEDY)
         offsets = planner.offsets()
         arena_bytes = max(planner.peak(), self.alignment)
         planner.check_no_overlap()
         linear = self.plan(PlannerKind.LINEAR)[2].peak()
+        if arena_bytes > MAX_BYTES:
+            raise MemoryPlanError(
+                f"model '{self.model}' needs an arena of {arena_bytes} bytes; tvm_tiny's "
+                f"generated C uses 32-bit offsets (at most {MAX_BYTES} bytes)")
         if arena_limit is not None and arena_limit < arena_bytes:
             raise MemoryPlanError(
                 f"model '{self.model}' needs an arena of {arena_bytes} bytes; the requested "

@@ -128,6 +128,9 @@ class Board:
     toolchain: Toolchain | None = None
     emulator: Emulator | None = None
     notes: tuple[str, ...] = field(default=())
+    #: The small fast memory a kernel's scratch should live in (tuning validity rule); None:
+    #: the data memory. Kept separate from ``placement`` so deployed layouts are unchanged.
+    fast_memory: str | None = None
 
     @property
     def isa(self) -> Isa:
@@ -141,6 +144,15 @@ class Board:
     def cluster_cores(self) -> int:
         """Cores of the largest group (GAP9: the 8-core cluster; 1 elsewhere)."""
         return max(c.count for c in self.cores)
+
+    def fast_memory_bytes(self) -> int | None:
+        """Bytes of the fast memory left for kernel scratch (the stack's share removed when it
+        lives there); None for the host."""
+        if self.placement is None:
+            return None
+        mem = self.memory(self.fast_memory or self.placement.data)
+        stack = self.placement.stack_bytes if self.placement.stack == mem.name else 0
+        return mem.size - stack
 
     def memory(self, name: str) -> Memory:
         for mem in self.memories:
@@ -209,6 +221,7 @@ STM32H7 = Board(
     toolchain=Toolchain("arm-none-eabi-", _ARM, (
         "-mcpu=cortex-m7", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv5-d16")),
     emulator=Emulator("qemu-system-arm", "mps2-an500", "qemu-system-arm"),
+    fast_memory="DTCM",
 )
 
 STM32F746 = Board(
@@ -249,6 +262,7 @@ GAP9 = Board(
     emulator=Emulator("qemu-system-riscv32", "virt", "qemu-system-misc", ("-bios", "none")),
     notes=("rv32imc has no FPU: float32 kernels run on libgcc soft-float, so instruction counts "
            "overstate GAP9 (whose cores have FPUs) by a large factor",),
+    fast_memory="L1",
 )
 
 _BOARDS: dict[str, Board] = {b.name: b for b in (HOST, STM32L4, STM32H7, STM32F746, GAP9)}

@@ -73,7 +73,7 @@ class CompiledGraph:
 
 
 def _compile(mod: tvm.IRModule, name: str, profile: Board, offload: bool,
-             arena_limit: int | None) -> CompiledGraph:
+             arena_limit: int | None, tuning_log: str | None = None) -> CompiledGraph:
     """Partition (optionally), generate, lower and plan one Relax module."""
     offloaded: list[dict[str, Any]] = []
     externs: dict[str, ExternKernel] = {}
@@ -82,7 +82,8 @@ def _compile(mod: tvm.IRModule, name: str, profile: Board, offload: bool,
     if offload:
         from .offload import offload_mhsa
 
-        mod, offloaded, externs, kernel_sources, rejected = offload_mhsa(mod, name, profile)
+        mod, offloaded, externs, kernel_sources, rejected = offload_mhsa(mod, name, profile,
+                                                                         tuning_log)
     lowered = fuse_and_plan(mod)
     prefix = f"tvmtiny_{name}"
     tir = build_tir_to_c(lowered, profile.tvm_target(), prefix)
@@ -110,7 +111,9 @@ def build(model: ModelLike, target: str = "host", offload: bool = True,
         Offload every matched MHSA to tvm_tiny's kernels. ``False`` compiles the same model with
         TVM alone through the same AOT path: the baseline of every comparison.
     tuning_log
-        Reserved for applying tuned kernel configs (tuning issue); must be None for now.
+        A tuning log (``tvm_tiny.tune``): each MHSA gets the best valid record for its
+        (board, workload), else the shipped ``tuning_logs/<board>.jsonl`` applies, else the
+        board default; ``metadata["offloaded"][i]["kernel"]["source"]`` says which.
     arena_bytes
         Fix the arena size. A size below what the plan needs is refused with the bytes missing.
     name
@@ -118,13 +121,12 @@ def build(model: ModelLike, target: str = "host", offload: bool = True,
     """
     from .cformat import c_identifier
 
-    if tuning_log is not None:
-        raise NotImplementedError("tuning logs are applied once the tuner lands (issue #6)")
     profile = get_board(target)
+    tuning_log = None if tuning_log is None else str(tuning_log)
     mod, model_name = to_relax(model)
     name = c_identifier(name or model_name)
     relax_text = mod.script()
-    compiled = _compile(mod, name, profile, offload, arena_bytes)
+    compiled = _compile(mod, name, profile, offload, arena_bytes, tuning_log)
     aot, offloaded = compiled.aot, compiled.offloaded
     prefix = f"tvmtiny_{name}"
     files: dict[str, str] = {
@@ -137,6 +139,7 @@ def build(model: ModelLike, target: str = "host", offload: bool = True,
     for kernel in compiled.externs.values():
         files[f"codegen/host/src/{prefix}_{kernel.symbol}.c"] = kernel.source
     files.update(runtime_files(compiled.kernel_sources))
+    files.update(_variant_header(offloaded))
     metadata = _metadata(compiled, profile, name, _model_hash(mod))
     needs = memory_needs(
         profile, arena_bytes=aot.arena_bytes, params_bytes=compiled.params_bytes,
@@ -151,6 +154,20 @@ def build(model: ModelLike, target: str = "host", offload: bool = True,
     metadata["layerwise_arena_usage_by_step"] = layerwise.usage_by_step
     files["metadata.json"] = metadata_json(metadata)
     return TinyModule(name, prefix, profile.name, files, aot.inputs, aot.outputs, metadata)
+
+
+def _variant_header(offloaded: list[dict[str, Any]]) -> dict[str, str]:
+    """``runtime/include/tt_mhsa_f32_config.h`` when the tuned kernel variant is not the
+    default (every MHSA of a firmware shares the one ``tt_mhsa_f32``; see tuning/apply.py)."""
+    from .tuning.variant import CONFIG_HEADER, KernelVariant
+
+    kernels = [e["kernel"] for e in offloaded if e["dtype"] == "float32" and "tile" in e["kernel"]]
+    variants = {KernelVariant(k["tile"], bool(k["fma"])) for k in kernels}
+    if not variants or variants == {KernelVariant()}:
+        return {}
+    (variant,) = variants
+    origin = ", ".join(sorted({k["source"] for k in kernels}))
+    return {f"runtime/include/{CONFIG_HEADER}": variant.config_header(origin)}
 
 
 def _metadata(compiled: CompiledGraph, profile: Board, name: str,

@@ -1,4 +1,4 @@
-"""``tvm-tiny`` command line: build, run, export, report, demo (mirrors the Python API)."""
+"""``tvm-tiny`` command line: build, run, export, report, tune, demo (mirrors the Python API)."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ def _summary(lib: Any) -> str:
         lines.append(
             f"  offloaded {entry['name']}: S={entry['seq']} E={entry['embed']} H={entry['heads']} "
             f"P={entry['proj']} {entry['dtype']}, rows_per_block={k['rows_per_block']} "
-            f"fuse_qk={k['fuse_qk']} ({k['source']}); params {entry['unfused_params_bytes']} -> "
-            f"{entry['params_bytes']} B; peak {entry['peak_bytes']} B "
-            f"(layer-wise {entry['layerwise_peak_bytes']} B)"
+            f"fuse_qk={k['fuse_qk']}{_variant(k)} ({k['source']}); "
+            f"params {entry['unfused_params_bytes']} -> {entry['params_bytes']} B; "
+            f"peak {entry['peak_bytes']} B (layer-wise {entry['layerwise_peak_bytes']} B)"
         )
     for reason in m.get("not_offloaded", []):
         lines.append(f"  left to TVM: {reason}")
@@ -32,6 +32,13 @@ def _summary(lib: Any) -> str:
         f"params {m['params_bytes']} B, {len(m['tvm_functions'])} TVM kernel calls"
     )
     return "\n".join(lines)
+
+
+def _variant(kernel: dict[str, Any]) -> str:
+    """`` tile=4x4 fma=True`` when a non-default kernel variant is applied, else nothing."""
+    if kernel.get("tile", "2x2") == "2x2" and not kernel.get("fma", False):
+        return ""
+    return f" tile={kernel['tile']} fma={kernel['fma']}"
 
 
 def _load_inputs(lib: Any, paths: list[str] | None, seed: int) -> list[np.ndarray]:
@@ -44,7 +51,8 @@ def _load_inputs(lib: Any, paths: list[str] | None, seed: int) -> list[np.ndarra
 def cmd_build(args: argparse.Namespace) -> int:
     from .build import build
 
-    lib = build(args.model, target=args.target, offload=not args.no_offload)
+    lib = build(args.model, target=args.target, offload=not args.no_offload,
+                tuning_log=args.tuning_log)
     out = Path(args.output)
     lib.write_sources(out)
     print(_summary(lib))
@@ -95,7 +103,8 @@ def _board_report(lib: Any, run: Any, host_outputs: list[np.ndarray]) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     from .build import build
 
-    lib = build(args.model, target=args.target, offload=not args.no_offload)
+    lib = build(args.model, target=args.target, offload=not args.no_offload,
+                tuning_log=args.tuning_log)
     inputs = _load_inputs(lib, args.input, args.seed)
     outputs = lib.run(*inputs)
     print(_summary(lib))
@@ -112,7 +121,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .build import build
     from .project import export_project
 
-    lib = build(args.model, target=args.target, offload=not args.no_offload)
+    lib = build(args.model, target=args.target, offload=not args.no_offload,
+                tuning_log=args.tuning_log)
     out = export_project(lib, args.output)
     print(_summary(lib))
     print(f"project written to {out}/: make -C {out} builds it, make -C {out} run emulates it")
@@ -168,6 +178,30 @@ def plot_memory(metadata: dict[str, Any], path: str) -> None:
     plt.close(fig)
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    """Tune every MHSA workload of a model on a board; extra tuners (``--tuner xgb,random``)
+    run for comparison with logs of their own next to ``--log``."""
+    from .tuning import report, tune
+
+    tuners = [t.strip() for t in args.tuner.split(",") if t.strip()]
+    log = Path(args.log)
+    results = []
+    for i, name in enumerate(tuners):
+        path = log if i == 0 else log.with_name(f"{log.stem}.{name}{log.suffix}")
+        bar = report.ProgressBar(label=f"{name} ")
+        try:
+            results += tune(args.model, target=args.target, trials=args.trials, log=path,
+                            tuner=name, seed=args.seed, workers=args.workers, progress=bar)
+        finally:
+            bar.close()
+        print(f"{name}: records appended to {path}")
+    print(report.summary(results))
+    if args.plot:
+        report.plot_convergence(results, args.plot)
+        print(f"convergence plot written to {args.plot}")
+    return 0
+
+
 DEMO_SHAPE = {"seq": 32, "embed": 64, "heads": 4, "layers": 2}
 """Radar-gesture sized encoder (TinyRadar-like: S=32, E=64, H=4), two layers."""
 
@@ -213,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("model", help="ONNX model file")
         p.add_argument("--target", default="host", help="target profile (default: host)")
+        if name != "tune":
+            p.add_argument("--tuning-log", help="apply the best records of this tuning log")
         return p
 
     p = model_command("build", "compile a model to C sources")
@@ -231,6 +267,15 @@ def main(argv: list[str] | None = None) -> int:
     p = model_command("report", "print the memory plan of both plans")
     p.add_argument("--plot", help="write a PNG of arena use per step for both plans")
     p.set_defaults(func=cmd_report)
+    p = model_command("tune", "tune the MHSA kernels on a board (instruction counts, emulated)")
+    p.add_argument("--trials", type=int, default=64, help="configs measured per task")
+    p.add_argument("--log", required=True, help="JSON-lines tuning log (appended; resumes)")
+    p.add_argument("--tuner", default="xgb",
+                   help="xgb, random or grid; a comma list compares them (first one: --log)")
+    p.add_argument("--plot", help="PNG of best instructions vs trials per tuner")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2, help="firmwares measured in parallel")
+    p.set_defaults(func=cmd_tune, target="stm32h7")
     p = sub.add_parser("demo", help="the main job: build, run and check a 2-layer encoder")
     p.add_argument("--json", help="also write the metadata to this file")
     p.set_defaults(func=cmd_demo)

@@ -28,7 +28,7 @@ from .mhsa_weights import (
     scratch_bytes,
     stored_params_bytes,
 )
-from .patterns import MHSA_COMPOSITE
+from .patterns import MHSA_COMPOSITE, MHSA_S8_COMPOSITE
 
 CONST_ALIGNMENT = 16
 _PARAM_FIELDS = ("wq", "bq", "wk", "bk", "wf", "bf", "wv", "bv", "wo", "bo")
@@ -49,6 +49,7 @@ class GeneratedKernel:
     scratch_bytes: int
     params_bytes: int
     library_sources: tuple[str, ...]
+    cluster_forks: int = 0  # forks per call on a multi-core cluster (0: single core)
 
 
 def kernel_function_name(model: str, symbol: str) -> str:
@@ -92,12 +93,19 @@ def emit_mhsa_f32(desc: MhsaDescriptor, config: KernelConfig, model: str,
         consts="\n".join(consts), pointers=pointers, scratch=scratch, call=call, where=where,
         fused="Q and K fused offline (FWSA)" if config.fuse_qk else "Q and K unfused",
     )
-    return GeneratedKernel(desc.symbol, fn, source, scratch, stored_params_bytes(arrays), library)
+    # Fork 1 splits the heads over the cores; fork 2 (only when more than one core has heads)
+    # adds their partial outputs.
+    forks = 0 if cores <= 1 else (2 if min(cores, shape.heads) > 1 else 1)
+    return GeneratedKernel(desc.symbol, fn, source, scratch, stored_params_bytes(arrays), library,
+                           forks)
 
+
+from .codegen_s8 import emit_mhsa_s8  # noqa: E402 - needs GeneratedKernel defined above
 
 Emitter = Callable[[MhsaDescriptor, KernelConfig, str, str, int], GeneratedKernel]
 EMITTERS: dict[tuple[str, str], Emitter] = {
     (MHSA_COMPOSITE, "float32"): emit_mhsa_f32,
+    (MHSA_S8_COMPOSITE, "int8"): emit_mhsa_s8,
 }
 """(composite, dtype) → emitter; every pattern in ``patterns.tiny_patterns`` has an entry."""
 
@@ -129,7 +137,8 @@ def generate_kernel(func: tvm.relax.Function, options: CodegenOptions) -> Genera
     else:
         config = KernelConfig(int(chosen["rows_per_block"]), bool(chosen["fuse_qk"]))
         source = str(chosen.get("source", "options"))
-    emitter = EMITTERS[(MHSA_COMPOSITE, desc.dtype)]
+    composite = MHSA_S8_COMPOSITE if desc.dtype == "int8" else MHSA_COMPOSITE
+    emitter = EMITTERS[(composite, desc.dtype)]
     return emitter(desc, config, options.model, source, options.cores)
 
 

@@ -180,6 +180,12 @@ def _check_toolchain(board: Board) -> None:
                              f"with: apt-get install {tc.debian_packages}")
 
 
+def check_board_tools(board: Board) -> None:
+    """Raise :class:`ToolchainError` naming the Debian package of any tool the board's
+    firmware needs (cross compiler with picolibc, make, QEMU) that is missing."""
+    _check_toolchain(board)
+
+
 def build_firmware(lib: TinyModule, board: Board | None = None) -> Path:
     """Build the model's firmware project for ``board`` in the cache; return its directory.
 

@@ -10,7 +10,9 @@ read off with numpy, whatever the chain was.
 
 Supported layout operators: reshape, permute_dims, expand_dims, squeeze, take (constant indices),
 split + TupleGetItem, strided_slice, astype to the same dtype; multiply/divide by a scalar constant
-are traced as a scale factor.
+are traced as a scale factor. In QDQ (int8) graphs a ``dequantize(quantize(t, s, z), s, z)`` pair
+with per-tensor parameters is layout-neutral too; each pair passed is recorded as a
+:class:`QuantPoint`, nearest to the traced tensor first.
 """
 
 from __future__ import annotations
@@ -26,6 +28,20 @@ from .relax_compat import constant_value, is_constant, static_shape
 _RESHAPE_LIKE = ("relax.reshape", "relax.expand_dims", "relax.squeeze")
 
 
+@dataclass(frozen=True)
+class QuantPoint:
+    """A per-tensor quantize → dequantize pair the trace passed: real = scale * (q - zero_point)."""
+
+    scale: float
+    zero_point: int
+    dtype: str
+    quantized: relax.Expr  # the var holding the quantized (integer) tensor
+
+    def same_params(self, other: QuantPoint) -> bool:
+        return (self.scale, self.zero_point, self.dtype) == (other.scale, other.zero_point,
+                                                            other.dtype)
+
+
 @dataclass
 class Traced:
     """A tensor seen as a re-indexing (and scaling) of a source tensor."""
@@ -34,6 +50,17 @@ class Traced:
     index: np.ndarray  # same shape as the traced tensor; flat indices into ``source``
     scale: float = 1.0
     through: list[relax.Var] = field(default_factory=list)  # bound vars walked through
+    quant: list[QuantPoint] = field(default_factory=list)  # nearest to the traced tensor first
+
+
+def per_tensor_qparams(call: relax.Call) -> tuple[float, int] | None:
+    """(scale, zero point) of a per-tensor ``quantize``/``dequantize`` with constant params."""
+    if not (is_constant(call.args[1]) and is_constant(call.args[2])):
+        return None
+    scale, zero_point = constant_value(call.args[1]), constant_value(call.args[2])
+    if scale.size != 1 or zero_point.size != 1:
+        return None
+    return float(scale.reshape(-1)[0]), int(zero_point.reshape(-1)[0])
 
 
 def _scalar_constant(expr: relax.Expr) -> float | None:
@@ -69,6 +96,13 @@ class LayoutTracer:
         if shape is None:
             return None
         value = self.producer(expr)
+        pair = self.qdq_pair(value) if value is not None else None
+        if pair is not None:
+            inner = self.trace(pair[0])
+            if inner is None or tuple(inner.index.shape) != shape:
+                return None
+            return Traced(inner.source, inner.index, inner.scale, [*inner.through, expr,
+                          pair[1].quantized], [pair[1], *inner.quant])
         step = self._step(value) if value is not None else None
         if step is None:
             return Traced(expr, np.arange(int(np.prod(shape, dtype=np.int64))).reshape(shape))
@@ -80,6 +114,22 @@ class LayoutTracer:
         if tuple(index.shape) != shape:
             return None  # our numpy model of the op disagrees with TVM's shape: do not guess
         return Traced(inner.source, index, inner.scale * scale, [*inner.through, expr])
+
+    def qdq_pair(self, value: relax.Expr) -> tuple[relax.Expr, QuantPoint] | None:
+        """``dequantize(quantize(t))`` with equal per-tensor params → (t, its QuantPoint)."""
+        if not (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)
+                and value.op.name == "relax.dequantize"):
+            return None
+        quantized = value.args[0]
+        inner = self.producer(quantized)
+        if not (isinstance(inner, relax.Call) and isinstance(inner.op, tvm.ir.Op)
+                and inner.op.name == "relax.quantize"):
+            return None
+        outer_params, inner_params = per_tensor_qparams(value), per_tensor_qparams(inner)
+        if outer_params is None or outer_params != inner_params:
+            return None
+        dtype = str(quantized.ty.dtype)
+        return inner.args[0], QuantPoint(outer_params[0], outer_params[1], dtype, quantized)
 
     def _step(self, value: relax.Expr):  # noqa: ANN202 - returns (expr, fn, scale) or None
         if isinstance(value, relax.TupleGetItem):

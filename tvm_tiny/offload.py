@@ -17,27 +17,41 @@ from .boards import Board
 from .codegen import CodegenOptions, generate_kernel
 from .errors import CodegenError
 from .mhsa import offloaded_symbol
-from .mhsa_weights import KernelConfig, unfused_params_bytes
+from .mhsa_weights import MhsaShape, unfused_params_bytes
 from .partition import PartitionReport, offloaded_functions, partition_for_tiny
 
 
-def _kernel_configs(mod: tvm.IRModule) -> dict[str, dict[str, object]]:
-    """Board defaults for now; tuning logs (issue #6) will be consulted first."""
+def _kernel_configs(mod: tvm.IRModule, profile: Board,
+                    tuning_log: str | None = None) -> dict[str, dict[str, object]]:
+    """The best tuning record per (board, workload): from ``tuning_log``, else the shipped
+    ``tuning_logs/<board>.jsonl``, else the board default (:mod:`tvm_tiny.tuning.apply`)."""
     from .mhsa import describe_mhsa
+    from .tuning.apply import kernel_configs
+    from .tuning.task import Workload
 
-    configs = {}
+    workloads = {}
     for gv in offloaded_functions(mod):
         symbol = offloaded_symbol(mod[gv])
-        config = KernelConfig.default_for(describe_mhsa(mod[gv], symbol).shape)
-        configs[symbol] = {"rows_per_block": config.rows_per_block,
-                           "fuse_qk": config.fuse_qk, "source": "default"}
-    return configs
+        desc = describe_mhsa(mod[gv], symbol)
+        workloads[symbol] = Workload(desc.shape, desc.dtype)
+    applied = kernel_configs(workloads, profile.name, tuning_log)
+    return {symbol: a.as_options() for symbol, a in applied.items()}
 
 
-def offload_mhsa(mod: tvm.IRModule, model: str, profile: Board
+def _unfused_bytes(shape: MhsaShape, dtype: str, has_biases: bool) -> int:
+    """Q/K/V/O weights (and biases) as the model stores them: float32, or int8 with int32 biases."""
+    if dtype != "int8":
+        return unfused_params_bytes(shape, with_biases=has_biases)
+    h, p, e, e_out = shape.heads, shape.proj, shape.embed, shape.out_features
+    biases = 4 * (3 * h * p + e_out) if has_biases else 0
+    return 3 * e * h * p + h * p * e_out + biases
+
+
+def offload_mhsa(mod: tvm.IRModule, model: str, profile: Board, tuning_log: str | None = None
                  ) -> tuple[tvm.IRModule, list[dict[str, Any]], dict[str, ExternKernel],
                             list[str], list[str]]:
-    """Partition ``mod`` and generate C for every offloaded MHSA.
+    """Partition ``mod`` and generate C for every offloaded MHSA (kernel configs applied from
+    ``tuning_log`` and the shipped logs, see :func:`_kernel_configs`).
 
     Returns the module with offloaded calls lowered to ``call_dps_packed``, the metadata entry of
     each offloaded MHSA, the extern kernels for the AOT, the kernel library sources they need and
@@ -46,7 +60,7 @@ def offload_mhsa(mod: tvm.IRModule, model: str, profile: Board
     report = PartitionReport()
     mod = partition_for_tiny(mod, report)
     cores = profile.cluster_cores
-    options = CodegenOptions(model, _kernel_configs(mod), cores)
+    options = CodegenOptions(model, _kernel_configs(mod, profile, tuning_log), cores)
     entries: list[dict[str, Any]] = []
     externs: dict[str, ExternKernel] = {}
     library: list[str] = []
@@ -60,26 +74,26 @@ def offload_mhsa(mod: tvm.IRModule, model: str, profile: Board
                                               kernel.scratch_bytes, kernel.source)
         library.extend(s for s in kernel.library_sources if s not in library)
         shape, config = desc.shape, options.configs[kernel.symbol]
-        io_bytes = 4 * shape.seq * (shape.embed + shape.out_features)
+        element = 1 if desc.dtype == "int8" else 4
+        io_bytes = element * shape.seq * (shape.embed + shape.out_features)
         has_biases = desc.weights.bq is not None
         entries.append({
             "name": kernel.symbol, "function": kernel.c_function,
             "seq": shape.seq, "embed": shape.embed, "heads": shape.heads, "proj": shape.proj,
             "out_features": shape.out_features, "dtype": desc.dtype, "macs": shape.macs,
             "kernel": {"rows_per_block": config["rows_per_block"],
-                       "fuse_qk": bool(config["fuse_qk"]), "source": config["source"]},
+                       "fuse_qk": bool(config["fuse_qk"]), "source": config["source"],
+                       "tile": config["tile"], "fma": bool(config["fma"])},
             "params_bytes": kernel.params_bytes,
-            "unfused_params_bytes": unfused_params_bytes(shape, with_biases=has_biases),
+            "unfused_params_bytes": _unfused_bytes(shape, desc.dtype, has_biases),
             "scratch_bytes": kernel.scratch_bytes,
             "peak_bytes": kernel.scratch_bytes + io_bytes,
             "layerwise_peak_bytes": layerwise_peak_bytes(func, model, profile),
         })
-        if cores > 1:
-            # Fork 1 splits the heads over the cores; fork 2 (when more than one core has
-            # heads) adds their partial outputs. The emulator labels each core's window.
-            active = min(cores, shape.heads)
-            entries[-1]["cluster"] = {"cores": cores, "active_cores": active,
-                                      "forks": 2 if active > 1 else 1}
+        if kernel.cluster_forks:
+            # The emulator labels each core's window per fork from this record.
+            entries[-1]["cluster"] = {"cores": cores, "active_cores": min(cores, shape.heads),
+                                      "forks": kernel.cluster_forks}
     mod = relax.transform.RunCodegen({"tvm_tiny": {"options": options.to_json()}})(mod)
     _check_external_modules(mod, externs)
     return mod, entries, externs, library, report.rejected

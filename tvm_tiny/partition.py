@@ -9,6 +9,7 @@ from tvm import relax
 
 from .canonicalize import CanonicalizeSelfAttention
 from .patterns import tiny_patterns
+from .qdq import QuantizedConstants
 
 CODEGEN_NAME = "tvm_tiny"
 
@@ -48,7 +49,9 @@ def partition_for_tiny(mod: tvm.IRModule, report: PartitionReport | None = None)
     >>> [gv.name_hint for gv in mod.get_global_vars() if gv.name_hint.startswith("tvm_tiny")]
     ['tvm_tiny_mhsa_0']
     """
-    canonicalize = CanonicalizeSelfAttention()
+    original = mod
+    # int8 weights of QDQ graphs, recorded before FoldConstant turns them into float constants.
+    canonicalize = CanonicalizeSelfAttention(QuantizedConstants.collect(mod))
     mod = tvm.transform.Sequential([
         relax.transform.FoldConstant(),
         canonicalize,
@@ -58,9 +61,17 @@ def partition_for_tiny(mod: tvm.IRModule, report: PartitionReport | None = None)
         tiny_patterns(canonicalize.is_approved), bind_constants=True, annotate_codegen=True
     )(mod)
     mod, names = _rename_offloaded(mod)
+    rejected = list(canonicalize.rejections)
+    if len(names) != len(canonicalize.approved):
+        # A canonicalized region no pattern claimed would run as the canonical chain, whose
+        # rounding can differ from the exported graph's: keep the model as it was instead.
+        rejected.append(
+            f"internal: {len(canonicalize.approved)} attention(s) canonicalized but "
+            f"{len(names)} matched by the tvm_tiny patterns; the whole model is left to TVM")
+        mod, names = original, []
     if report is not None:
         report.offloaded.extend(names)
-        report.rejected.extend(canonicalize.rejections)
+        report.rejected.extend(rejected)
     return mod
 
 

@@ -18,6 +18,7 @@ from tvm.relax.dpl import DFPattern, is_const, is_op, wildcard
 from tvm.relax.transform import FusionPattern, PatternCheckContext
 
 MHSA_COMPOSITE = "tvm_tiny.mhsa"
+MHSA_S8_COMPOSITE = "tvm_tiny.mhsa_s8"
 
 
 def _projection(data: DFPattern) -> tuple[DFPattern, DFPattern, DFPattern]:
@@ -48,16 +49,71 @@ def make_mhsa_pattern() -> tuple[DFPattern, dict[str, DFPattern]]:
     return out, annotations
 
 
+def make_mhsa_s8_pattern() -> tuple[DFPattern, dict[str, DFPattern]]:
+    """The canonical QDQ MHSA chain (int8 in, int8 out) with named annotations.
+
+    Every tensor the int8 kernel materializes is a ``quantize`` (``q_x`` is the int8 input's
+    ``dequantize``); weights are ``dequantize(int8 constant)``. Annotations name the quantize and
+    dequantize calls so the code generator reads each scale/zero point from its own node.
+    """
+    xq = wildcard()
+
+    def qparams() -> tuple[DFPattern, DFPattern]:
+        return is_const(), is_const()
+
+    def quantize(value: DFPattern) -> DFPattern:
+        return is_op("relax.quantize")(value, *qparams())
+
+    def dequantize(value: DFPattern) -> DFPattern:
+        return is_op("relax.dequantize")(value, *qparams())
+
+    def int8_weight() -> DFPattern:
+        return is_op("relax.dequantize")(is_const(), is_const(), is_const())
+
+    x = dequantize(xq)
+
+    def projection(data: DFPattern) -> tuple[DFPattern, DFPattern, DFPattern]:
+        weight, bias = int8_weight(), is_const()
+        matmul = is_op("relax.matmul")(data, weight)
+        return quantize(is_op("relax.add")(matmul, bias) | matmul), weight, bias
+
+    def heads(quantized: DFPattern) -> DFPattern:
+        return is_op("relax.permute_dims")(
+            is_op("relax.reshape")(dequantize(quantized), wildcard()))
+
+    q, wq, bq = projection(x)
+    k, wk, bk = projection(x)
+    v, wv, bv = projection(x)
+    scale = is_const()
+    scores = quantize(is_op("relax.multiply")(is_op("relax.matmul")(heads(q), heads(k)), scale))
+    probs = quantize(is_op("relax.nn.softmax")(dequantize(scores)))
+    ctx = quantize(is_op("relax.matmul")(dequantize(probs), heads(v)))
+    merged = is_op("relax.reshape")(is_op("relax.permute_dims")(dequantize(ctx)), wildcard())
+    out, wo, bo = projection(merged)
+    annotations = {"root": out, "xq": xq, "x": x, "q": q, "k": k, "v": v, "scores": scores,
+                   "probs": probs, "ctx": ctx, "wq": wq, "bq": bq, "wk": wk, "bk": bk,
+                   "wv": wv, "bv": bv, "wo": wo, "bo": bo, "scale": scale}
+    return out, annotations
+
+
 def _check_mhsa(context: PatternCheckContext, is_approved: Callable[[Expr], bool] | None) -> bool:
     # An intermediate (e.g. the attention probabilities) read outside the region would lose its
     # producer once the region becomes one kernel: keep such graphs with TVM.
     if has_leaking_intermediate_variables(context):
         return False
-    # Float32 only for now; other dtypes stay with TVM until the int8 kernels land (issue #5).
     if str(context.annotated_expr["x"].ty.dtype) != "float32":
-        return False
+        return False  # the float kernel; int8 regions match the mhsa_s8 pattern instead
     # The canonical form also occurs verbatim in onnx.helper graphs. Only regions that
     # CanonicalizeSelfAttention proved (no shared weights, no leaks, batch 1) are offloaded.
+    return is_approved is None or is_approved(context.annotated_expr["scale"])
+
+
+def _check_mhsa_s8(context: PatternCheckContext,
+                   is_approved: Callable[[Expr], bool] | None) -> bool:
+    if has_leaking_intermediate_variables(context):
+        return False
+    if str(context.annotated_expr["xq"].ty.dtype) != "int8":
+        return False
     return is_approved is None or is_approved(context.annotated_expr["scale"])
 
 
@@ -67,9 +123,16 @@ def tiny_patterns(is_approved: Callable[[Expr], bool] | None = None) -> list[Fus
     ``is_approved(scale_constant)`` restricts the MHSA pattern to regions the canonicalizer
     proved; ``partition_for_tiny`` passes it. Without it only the structural checks apply.
     """
+    check = functools.partial(_check_mhsa, is_approved=is_approved)
+    mhsa_s8, s8_annotations = make_mhsa_s8_pattern()
     mhsa, annotations = make_mhsa_pattern()
-    return [FusionPattern(MHSA_COMPOSITE, mhsa, annotations,
-                          functools.partial(_check_mhsa, is_approved=is_approved))]
+    # The int8 chain contains the float chain's ops plus Q/DQ; it is listed first so a QDQ
+    # region is claimed whole by the int8 pattern.
+    return [
+        FusionPattern(MHSA_S8_COMPOSITE, mhsa_s8, s8_annotations, functools.partial(
+            _check_mhsa_s8, is_approved=is_approved)),
+        FusionPattern(MHSA_COMPOSITE, mhsa, annotations, check),
+    ]
 
 
 def register_tiny_patterns() -> None:

@@ -365,14 +365,29 @@ def _make_list(items: list[str]) -> str:
     return " \\\n  ".join(items)
 
 
+def firmware_cflags(board: Board) -> list[str]:
+    """C flags of every firmware translation unit (after the toolchain's arch flags); the
+    tuner's measurement firmware uses the same, so its counts are the deployed code's."""
+    assert board.toolchain is not None
+    return [*WARNING_FLAGS, "-O2", "-ffunction-sections", "-fdata-sections",
+            *board.toolchain.libc_flags]
+
+
+def firmware_ldflags(board: Board, script: str) -> list[str]:
+    """Link flags of a firmware (after the arch flags) with linker script ``script``."""
+    assert board.toolchain is not None
+    tc = board.toolchain
+    return [*tc.libc_flags, *tc.link_flags, f"-T{script}", "-Wl,--gc-sections",
+            "-Wl,--print-memory-usage"]
+
+
 def makefile(lib: TinyModule, board: Board, plugin_api: int) -> str:
     """The project's Makefile: ``make`` builds both ELFs, ``make run`` emulates them."""
     assert board.toolchain is not None and board.emulator is not None
     tc, emu = board.toolchain, board.emulator
     sources = [*lib.source_files(), f"{PORT_DIR}/tt_port.c", "firmware/main.c"]
-    cflags = [*WARNING_FLAGS, "-O2", "-ffunction-sections", "-fdata-sections", *tc.libc_flags]
-    ldflags = [*tc.libc_flags, *tc.link_flags, f"-Tfirmware/{board.name}.ld",
-               "-Wl,--gc-sections", "-Wl,--print-memory-usage"]
+    cflags = firmware_cflags(board)
+    ldflags = firmware_ldflags(board, f"firmware/{board.name}.ld")
     includes = [f"-I{d}" for d in (*lib.include_dirs(), PORT_DIR)]
     return _MAKEFILE.format(
         model=lib.name, board=board.name, description=board.description, version=__version__,

@@ -21,7 +21,8 @@ from .errors import ModelError
 class _Reader:
     """onnxruntime ``CalibrationDataReader`` over an iterable of input dicts (or arrays)."""
 
-    def __init__(self, model: onnx.ModelProto, samples: Iterable[Mapping[str, np.ndarray] | np.ndarray]):
+    def __init__(self, model: onnx.ModelProto,
+                 samples: Iterable[Mapping[str, np.ndarray] | np.ndarray]) -> None:
         initializers = {init.name for init in model.graph.initializer}
         names = [i.name for i in model.graph.input if i.name not in initializers]
         feeds = []

@@ -20,7 +20,8 @@
  * @endcode
  * Every product above is an "A times B transposed" product over row-major
  * operands (the weights are stored transposed offline), so all inner loops are
- * contiguous dot products; matmul_abt() runs them with a 2x2 register tile.
+ * contiguous dot products; matmul_abt() runs them with a register tile (2x2 by default; the
+ * tile and the multiply-add form are compile-time variants, see below).
  */
 #include <math.h>
 #include <stddef.h>
@@ -52,11 +53,47 @@ static inline void store(const matmul_out *out, int32_t i, int32_t j, float acc)
   *dst = acc;
 }
 
+/* ---- compile-time variant: register tile and multiply-add form ------------------------------
+ *
+ * TT_MHSA_F32_TILE_ROWS x TT_MHSA_F32_TILE_COLS (1, 2 or 4 each) is the register tile of
+ * matmul_abt(): that many rows of A against that many rows of B per pass over k, so each loaded
+ * element feeds several multiply-adds. TT_MHSA_F32_FMA = 1 computes each multiply-add with one
+ * fmaf() (a single VFMA on Cortex-M4/M7; a libm call on cores without an FPU), 0 with a
+ * separate multiply and add (-std=c99 keeps GCC from contracting them).
+ *
+ * Without FMA every tile computes each output as the same sequential sum over k, so all tiles
+ * give bit-identical results; FMA rounds once per multiply-add instead of twice. The tuner
+ * (tvm_tiny/tuning) picks them per board; a build that selects a non-default variant writes
+ * tt_mhsa_f32_config.h into the model's include path. Defaults: 2x2, no FMA. */
+#if defined(__has_include)
+#if __has_include("tt_mhsa_f32_config.h")
+#include "tt_mhsa_f32_config.h"
+#endif
+#endif
+#ifndef TT_MHSA_F32_TILE_ROWS
+#define TT_MHSA_F32_TILE_ROWS 2
+#endif
+#ifndef TT_MHSA_F32_TILE_COLS
+#define TT_MHSA_F32_TILE_COLS 2
+#endif
+#ifndef TT_MHSA_F32_FMA
+#define TT_MHSA_F32_FMA 0
+#endif
+#if (TT_MHSA_F32_TILE_ROWS != 1 && TT_MHSA_F32_TILE_ROWS != 2 && TT_MHSA_F32_TILE_ROWS != 4) || \
+    (TT_MHSA_F32_TILE_COLS != 1 && TT_MHSA_F32_TILE_COLS != 2 && TT_MHSA_F32_TILE_COLS != 4)
+#error "TT_MHSA_F32_TILE_ROWS and TT_MHSA_F32_TILE_COLS must be 1, 2 or 4"
+#endif
+#if TT_MHSA_F32_FMA
+#define TT_MAC(acc, x, w) ((acc) = fmaf((x), (w), (acc)))
+#else
+#define TT_MAC(acc, x, w) ((acc) += (x) * (w))
+#endif
+
 /** a . b over n elements. */
 static inline float dot_1x1(const float *a, const float *b, int32_t n) {
   float s = 0.0f;
   for (; n > 0; --n) {
-    s += *a++ * *b++;
+    TT_MAC(s, *a++, *b++);
   }
   return s;
 }
@@ -68,11 +105,34 @@ static inline void dot_1x2(const float *a, const float *b0, const float *b1, int
   float s1 = 0.0f;
   for (; n > 0; --n) {
     const float av = *a++;
-    s0 += av * *b0++;
-    s1 += av * *b1++;
+    TT_MAC(s0, av, *b0++);
+    TT_MAC(s1, av, *b1++);
   }
   s[0] = s0;
   s[1] = s1;
+}
+
+/** s[c] = a . b[c] for c < 4: five loads feed four MACs. */
+static inline void dot_1x4(const float *a, const float *const b[4], int32_t n, float s[4]) {
+  const float *b0 = b[0];
+  const float *b1 = b[1];
+  const float *b2 = b[2];
+  const float *b3 = b[3];
+  float s0 = 0.0f;
+  float s1 = 0.0f;
+  float s2 = 0.0f;
+  float s3 = 0.0f;
+  for (; n > 0; --n) {
+    const float av = *a++;
+    TT_MAC(s0, av, *b0++);
+    TT_MAC(s1, av, *b1++);
+    TT_MAC(s2, av, *b2++);
+    TT_MAC(s3, av, *b3++);
+  }
+  s[0] = s0;
+  s[1] = s1;
+  s[2] = s2;
+  s[3] = s3;
 }
 
 /** 2x2 register tile, s[2 * r + c] = a_r . b_c: four loads feed four MACs. */
@@ -87,10 +147,10 @@ static inline void dot_2x2(const float *a0, const float *a1, const float *b0, co
     const float x1 = *a1++;
     const float w0 = *b0++;
     const float w1 = *b1++;
-    s00 += x0 * w0;
-    s01 += x0 * w1;
-    s10 += x1 * w0;
-    s11 += x1 * w1;
+    TT_MAC(s00, x0, w0);
+    TT_MAC(s01, x0, w1);
+    TT_MAC(s10, x1, w0);
+    TT_MAC(s11, x1, w1);
   }
   s[0] = s00;
   s[1] = s01;
@@ -98,48 +158,204 @@ static inline void dot_2x2(const float *a0, const float *a1, const float *b0, co
   s[3] = s11;
 }
 
+#if TT_MHSA_F32_TILE_ROWS * TT_MHSA_F32_TILE_COLS >= 8
+/** 2x4 register tile, s[4 * r + c] = a_r . b_c: six loads feed eight MACs. */
+static inline void dot_2x4(const float *const a[2], const float *const b[4], int32_t n,
+                           float s[8]) {
+  const float *a0 = a[0];
+  const float *a1 = a[1];
+  const float *b0 = b[0];
+  const float *b1 = b[1];
+  const float *b2 = b[2];
+  const float *b3 = b[3];
+  float s00 = 0.0f;
+  float s01 = 0.0f;
+  float s02 = 0.0f;
+  float s03 = 0.0f;
+  float s10 = 0.0f;
+  float s11 = 0.0f;
+  float s12 = 0.0f;
+  float s13 = 0.0f;
+  for (; n > 0; --n) {
+    const float x0 = *a0++;
+    const float x1 = *a1++;
+    const float w0 = *b0++;
+    const float w1 = *b1++;
+    const float w2 = *b2++;
+    const float w3 = *b3++;
+    TT_MAC(s00, x0, w0);
+    TT_MAC(s01, x0, w1);
+    TT_MAC(s02, x0, w2);
+    TT_MAC(s03, x0, w3);
+    TT_MAC(s10, x1, w0);
+    TT_MAC(s11, x1, w1);
+    TT_MAC(s12, x1, w2);
+    TT_MAC(s13, x1, w3);
+  }
+  s[0] = s00;
+  s[1] = s01;
+  s[2] = s02;
+  s[3] = s03;
+  s[4] = s10;
+  s[5] = s11;
+  s[6] = s12;
+  s[7] = s13;
+}
+#endif
+
+#if TT_MHSA_F32_TILE_ROWS == 4 && TT_MHSA_F32_TILE_COLS == 4
+/** 4x4 register tile, s[4 * r + c] = a_r . b_c: eight loads feed sixteen MACs. */
+static inline void dot_4x4(const float *const a[4], const float *const b[4], int32_t n,
+                           float s[16]) {
+  const float *a0 = a[0];
+  const float *a1 = a[1];
+  const float *a2 = a[2];
+  const float *a3 = a[3];
+  const float *b0 = b[0];
+  const float *b1 = b[1];
+  const float *b2 = b[2];
+  const float *b3 = b[3];
+  float s00 = 0.0f, s01 = 0.0f, s02 = 0.0f, s03 = 0.0f;
+  float s10 = 0.0f, s11 = 0.0f, s12 = 0.0f, s13 = 0.0f;
+  float s20 = 0.0f, s21 = 0.0f, s22 = 0.0f, s23 = 0.0f;
+  float s30 = 0.0f, s31 = 0.0f, s32 = 0.0f, s33 = 0.0f;
+  for (; n > 0; --n) {
+    const float x0 = *a0++;
+    const float x1 = *a1++;
+    const float x2 = *a2++;
+    const float x3 = *a3++;
+    const float w0 = *b0++;
+    const float w1 = *b1++;
+    const float w2 = *b2++;
+    const float w3 = *b3++;
+    TT_MAC(s00, x0, w0);
+    TT_MAC(s01, x0, w1);
+    TT_MAC(s02, x0, w2);
+    TT_MAC(s03, x0, w3);
+    TT_MAC(s10, x1, w0);
+    TT_MAC(s11, x1, w1);
+    TT_MAC(s12, x1, w2);
+    TT_MAC(s13, x1, w3);
+    TT_MAC(s20, x2, w0);
+    TT_MAC(s21, x2, w1);
+    TT_MAC(s22, x2, w2);
+    TT_MAC(s23, x2, w3);
+    TT_MAC(s30, x3, w0);
+    TT_MAC(s31, x3, w1);
+    TT_MAC(s32, x3, w2);
+    TT_MAC(s33, x3, w3);
+  }
+  s[0] = s00;
+  s[1] = s01;
+  s[2] = s02;
+  s[3] = s03;
+  s[4] = s10;
+  s[5] = s11;
+  s[6] = s12;
+  s[7] = s13;
+  s[8] = s20;
+  s[9] = s21;
+  s[10] = s22;
+  s[11] = s23;
+  s[12] = s30;
+  s[13] = s31;
+  s[14] = s32;
+  s[15] = s33;
+}
+#endif
+
+#if defined(__GNUC__)
+#define TT_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define TT_ALWAYS_INLINE inline
+#endif
+
+/**
+ * One register tile: the products of `rows` (1, 2 or 4) rows of A starting at a and `cols`
+ * (1, 2 or 4) rows of B starting at b, stored at out(i, j). Always inlined with constant rows
+ * and cols, so each call site compiles to one fixed kernel. A tile with more rows than columns
+ * runs the kernel with the roles of A and B swapped (the same sums).
+ */
+static TT_ALWAYS_INLINE void tile(const int32_t rows, const int32_t cols, int32_t i, int32_t j,
+                                  int32_t k, const float *a, int32_t lda, const float *b,
+                                  int32_t ldb, const matmul_out *out) {
+  /* Only the first rows (cols) entries are used; constant indices let the compiler keep
+   * these arrays and s in registers once the call is inlined. */
+  const float *const ar[4] = {a, a + lda, a + 2 * lda, a + 3 * lda};
+  const float *const br[4] = {b, b + ldb, b + 2 * ldb, b + 3 * ldb};
+  float s[16];
+  const int transposed = rows > cols;
+  const int32_t lo = transposed ? cols : rows; /* kernel dot_<lo>x<hi> */
+  const int32_t hi = transposed ? rows : cols;
+  const float *const *p = transposed ? br : ar;
+  const float *const *q = transposed ? ar : br;
+  if (lo == 1 && hi == 1) {
+    s[0] = dot_1x1(p[0], q[0], k);
+  } else if (lo == 1 && hi == 2) {
+    dot_1x2(p[0], q[0], q[1], k, s);
+  } else if (lo == 1) {
+    dot_1x4(p[0], q, k, s);
+  } else if (hi == 2) {
+    dot_2x2(p[0], p[1], q[0], q[1], k, s);
+  }
+#if TT_MHSA_F32_TILE_ROWS * TT_MHSA_F32_TILE_COLS >= 8
+  else if (lo == 2) {
+    dot_2x4(p, q, k, s);
+  }
+#endif
+#if TT_MHSA_F32_TILE_ROWS == 4 && TT_MHSA_F32_TILE_COLS == 4
+  else {
+    dot_4x4(p, q, k, s);
+  }
+#endif
+  /* s holds sum(r, c) at [r * hi + c], or at [c * hi + r] when transposed. Spelled out (not
+   * a loop) so that every store folds to a constant index. */
+#define TT_STORE(r, c)                                                                     \
+  if ((r) < rows && (c) < cols) {                                                          \
+    store(out, i + (r), j + (c), transposed ? s[(c) * hi + (r)] : s[(r) * hi + (c)]);      \
+  }
+  TT_STORE(0, 0) TT_STORE(0, 1) TT_STORE(0, 2) TT_STORE(0, 3)
+  TT_STORE(1, 0) TT_STORE(1, 1) TT_STORE(1, 2) TT_STORE(1, 3)
+  TT_STORE(2, 0) TT_STORE(2, 1) TT_STORE(2, 2) TT_STORE(2, 3)
+  TT_STORE(3, 0) TT_STORE(3, 1) TT_STORE(3, 2) TT_STORE(3, 3)
+#undef TT_STORE
+}
+
+/** The tiles of `rows` rows of A from row i against every row of B: TT_MHSA_F32_TILE_COLS
+ *  columns at a time, then the leftover columns 2 and 1 at a time. */
+static TT_ALWAYS_INLINE void row_panel(const int32_t rows, int32_t i, int32_t n, int32_t k,
+                                       const float *a, int32_t lda, const float *b,
+                                       int32_t ldb, const matmul_out *out) {
+  int32_t j = 0;
+  for (; j + TT_MHSA_F32_TILE_COLS <= n; j += TT_MHSA_F32_TILE_COLS) {
+    tile(rows, TT_MHSA_F32_TILE_COLS, i, j, k, a, lda, b + j * ldb, ldb, out);
+  }
+  if (TT_MHSA_F32_TILE_COLS == 4 && j + 2 <= n) {
+    tile(rows, 2, i, j, k, a, lda, b + j * ldb, ldb, out);
+    j += 2;
+  }
+  if (j < n) {
+    tile(rows, 1, i, j, k, a, lda, b + j * ldb, ldb, out);
+  }
+}
+
 /**
  * out(i, j) (+)= sum_k a[i * lda + k] * b[j * ldb + k] (+ bias[j]),
  * for i < m, j < n: C = A B^T with A [m][k] and B [n][k] read row by row.
- * Rows and columns are taken two at a time; an odd last row or column
- * falls back to the 1x2 and 1x1 dot products.
+ * Rows go TT_MHSA_F32_TILE_ROWS at a time, then the leftover rows 2 and 1 at a time.
  */
 static void matmul_abt(int32_t m, int32_t n, int32_t k, const float *a, int32_t lda,
                        const float *b, int32_t ldb, const matmul_out *out) {
   int32_t i = 0;
-  for (; i + 2 <= m; i += 2) {
-    const float *a0 = a + i * lda;
-    const float *a1 = a0 + lda;
-    int32_t j = 0;
-    for (; j + 2 <= n; j += 2) {
-      const float *b0 = b + j * ldb;
-      float s[4];
-      dot_2x2(a0, a1, b0, b0 + ldb, k, s);
-      store(out, i, j, s[0]);
-      store(out, i, j + 1, s[1]);
-      store(out, i + 1, j, s[2]);
-      store(out, i + 1, j + 1, s[3]);
-    }
-    if (j < n) { /* odd last column: both rows against it */
-      float s[2];
-      dot_1x2(b + j * ldb, a0, a1, k, s);
-      store(out, i, j, s[0]);
-      store(out, i + 1, j, s[1]);
-    }
+  for (; i + TT_MHSA_F32_TILE_ROWS <= m; i += TT_MHSA_F32_TILE_ROWS) {
+    row_panel(TT_MHSA_F32_TILE_ROWS, i, n, k, a + i * lda, lda, b, ldb, out);
   }
-  if (i < m) { /* odd last row */
-    const float *a0 = a + i * lda;
-    int32_t j = 0;
-    for (; j + 2 <= n; j += 2) {
-      const float *b0 = b + j * ldb;
-      float s[2];
-      dot_1x2(a0, b0, b0 + ldb, k, s);
-      store(out, i, j, s[0]);
-      store(out, i, j + 1, s[1]);
-    }
-    if (j < n) {
-      store(out, i, j, dot_1x1(a0, b + j * ldb, k));
-    }
+  if (TT_MHSA_F32_TILE_ROWS == 4 && i + 2 <= m) {
+    row_panel(2, i, n, k, a + i * lda, lda, b, ldb, out);
+    i += 2;
+  }
+  if (i < m) {
+    row_panel(1, i, n, k, a + i * lda, lda, b, ldb, out);
   }
 }
 

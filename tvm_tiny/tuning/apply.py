@@ -1,0 +1,127 @@
+"""Apply the best tuning records to a build, like AutoTVM's ``ApplyHistoryBest``.
+
+For each offloaded MHSA the config comes from the first of these that has a valid record for
+its (board, workload): the ``tuning_log`` given to ``build`` (source
+``"tuning_log:<path>"``), the shipped ``tuning_logs/<board>.jsonl`` (``"shipped:<board>.jsonl"``),
+else the board default (``"default"``). Within a log the best record is the lowest mean cost
+among ``error_no == 0`` whose knob values are valid in today's config space on this board.
+
+The kernel variant (register tile, FMA; :mod:`tvm_tiny.tuning.variant`) is compiled once per
+firmware, so all MHSAs of a model share one: the variant with the lowest total of its best
+records over the tuned workloads among the variants every tuned workload has a record for,
+each MHSA then taking its best record with that variant; when no variant covers every tuned
+workload, the default variant and each workload's best record with it (else its default
+config). An MHSA without records runs its default config with the model's variant.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..boards import get_board
+from ..mhsa_weights import KernelConfig
+from ..resources import tuning_logs_dir
+from .log import TuningLogWarning, TuningRecord, load_records
+from .space import ConfigEntity, config_space
+from .task import TASK_NAMES, Workload
+from .variant import KernelVariant
+
+
+@dataclass(frozen=True)
+class AppliedConfig:
+    """The kernel config of one offloaded MHSA and where it came from."""
+
+    config: KernelConfig
+    variant: KernelVariant
+    source: str  # "tuning_log:<path>", "shipped:<board>.jsonl" or "default"
+    record: TuningRecord | None = None
+
+    def as_options(self) -> dict[str, object]:
+        """The dict ``CodegenOptions.configs`` carries (codegen reads rows/fuse/source)."""
+        return {"rows_per_block": self.config.rows_per_block, "fuse_qk": self.config.fuse_qk,
+                "source": self.source, "tile": self.variant.tile, "fma": self.variant.fma}
+
+
+def shipped_log(board: str) -> Path:
+    """``tuning_logs/<board>.jsonl`` shipped with tvm_tiny (may not exist)."""
+    return tuning_logs_dir() / f"{board}.jsonl"
+
+
+def _sources(board: str, tuning_log: str | Path | None
+             ) -> list[tuple[str, list[TuningRecord]]]:
+    sources = []
+    if tuning_log is not None:
+        sources.append((f"tuning_log:{tuning_log}", load_records(tuning_log, board=board)))
+    shipped = shipped_log(board)
+    if shipped.exists():
+        sources.append((f"shipped:{shipped.name}", load_records(shipped, board=board)))
+    return sources
+
+
+def _candidates(workload: Workload, board: str, sources: list[tuple[str, list[TuningRecord]]]
+                ) -> tuple[str, list[tuple[float, ConfigEntity, TuningRecord]]] | None:
+    """(source, valid records as (cost, entity, record)) of the first source that has any."""
+    space = config_space(workload, board)
+    for source, records in sources:
+        found, unusable = [], 0
+        for record in records:
+            if not record.ok or record.workload != workload:
+                continue
+            try:
+                entity = space.from_record_entity(record.entity)
+            except (KeyError, ValueError):
+                unusable += 1
+                continue
+            if not space.is_valid(entity):
+                unusable += 1
+                continue
+            found.append((record.mean_cost, entity, record))
+        if unusable:
+            warnings.warn(f"{source}: {unusable} record(s) of {workload.describe()} do not fit "
+                          f"today's config space on {board} and are not applied",
+                          TuningLogWarning, stacklevel=3)
+        if found:
+            return source, found
+    return None
+
+
+def kernel_configs(workloads: dict[str, Workload], board: str,
+                   tuning_log: str | Path | None = None) -> dict[str, AppliedConfig]:
+    """The applied config of every MHSA (symbol -> workload) of one model on ``board``."""
+    get_board(board)  # unknown boards fail here
+    tunable = {w for w in workloads.values() if w.dtype in TASK_NAMES}
+    sources = _sources(board, tuning_log) if tunable else []
+    found = {w: c for w in sorted(tunable, key=lambda w: w.key())
+             if (c := _candidates(w, board, sources)) is not None}
+    # Best (cost, entity, record) per (workload, variant).
+    best: dict[Workload, dict[KernelVariant, tuple[float, ConfigEntity, TuningRecord]]] = {}
+    for workload, (_, items) in found.items():
+        per_variant: dict[KernelVariant, tuple[float, ConfigEntity, TuningRecord]] = {}
+        for cost, entity, record in items:
+            variant = entity.variant()
+            if variant not in per_variant or cost < per_variant[variant][0]:
+                per_variant[variant] = (cost, entity, record)
+        best[workload] = per_variant
+    common = set.intersection(*(set(v) for v in best.values())) if best else set()
+    if common:
+        def total(variant: KernelVariant) -> tuple[float, bool, str]:
+            return (sum(best[w][variant][0] for w in best), not variant.is_default,
+                    variant.name)
+
+        chosen = min(common, key=total)
+    else:
+        chosen = KernelVariant()
+    applied: dict[str, AppliedConfig] = {}
+    for symbol, workload in workloads.items():
+        pick = best.get(workload, {}).get(chosen)
+        if pick is not None and math.isfinite(pick[0]):
+            _, entity, record = pick
+            applied[symbol] = AppliedConfig(entity.kernel_config(), chosen,
+                                            found[workload][0], record)
+        else:
+            applied[symbol] = AppliedConfig(KernelConfig.default_for(workload.shape), chosen,
+                                            "default")
+    return applied

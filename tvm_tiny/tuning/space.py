@@ -1,0 +1,294 @@
+"""Config space of an MHSA tuning task: declarative knobs, validity rules, index <-> config, and
+the features the cost model learns from.
+
+Knobs use AutoTVM's knob types (``python/tvm/autotvm/task/space.py``) so records read like
+AutoTVM's:
+
+=================  ====  ============================================================
+knob               type  values
+=================  ====  ============================================================
+``rows_per_block`` sp    ``[-1, x]``: S split into ceil(S/x) blocks of x query rows (the
+                         last may be shorter; the kernel handles the tail), -1 = inferred
+``fuse_qk``        ot    ``False`` / ``True``: separate Q and K projections, or FWSA
+``tile``           ot    register tile of the kernel's matmuls, ``"2x2"`` ... ``"4x4"``
+``fma``            ot    ``False`` / ``True``: multiply-adds as ``fmaf`` (one VFMA on
+                         Cortex-M; a libm call without an FPU)
+=================  ====  ============================================================
+
+Every knob changes the generated code: ``rows_per_block`` the DFT block size compiled into the
+instance's ``tt_mhsa_config`` (loop trip counts, tail blocks, scratch layout), ``fuse_qk`` the
+weights emitted and the path the kernel takes, ``tile`` and ``fma`` the kernel library itself
+(a compile-time variant, :mod:`tvm_tiny.tuning.variant`; one per firmware).
+
+Validity rules (:meth:`ConfigSpace.check`): the kernel's scratch (per core times the active
+cores, plus the partial outputs, on a cluster) must fit the board's fast memory
+(:meth:`Board.fast_memory_bytes`: DTCM on STM32H7, L1 on GAP9, minus the stack when it lives
+there), and the weights of the chosen Q/K variant must fit the memory that holds constants.
+
+A config's index is mixed-radix over the knobs in order, the first knob fastest (AutoTVM's
+``ConfigSpace.get``): ``index = sum_k value_index_k * prod_{j<k} len(knob_j)``.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..boards import Board, get_board
+from ..mhsa_weights import (
+    FLOAT32_BYTES,
+    KernelConfig,
+    MhsaShape,
+    cluster_scratch_bytes,
+    scratch_bytes,
+)
+from .task import TuningTask, Workload
+from .variant import TILES, KernelVariant
+
+#: The smallest blocks are always candidates; beyond them, the block sizes that give a distinct
+#: number of blocks (ceil(S / n) for every n), so no candidate only pads another's tail.
+SMALL_BLOCKS = 16
+
+
+class KnobType(enum.Enum):
+    """AutoTVM knob types, by their record tag."""
+
+    SPLIT = "sp"  # a split of a loop extent: [-1, inner]
+    OTHER = "ot"  # one of a list of values
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One named knob: its type and its candidate values, in index order."""
+
+    name: str
+    type: KnobType
+    values: tuple[Any, ...]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def record_value(self, value: Any) -> Any:
+        """The value as a record stores it (a split as ``[-1, inner]``)."""
+        return [-1, int(value)] if self.type is KnobType.SPLIT else value
+
+    def from_record(self, value: Any) -> Any:
+        if self.type is KnobType.SPLIT:
+            if not (isinstance(value, list) and len(value) == 2 and value[0] == -1
+                    and isinstance(value[1], int) and not isinstance(value[1], bool)):
+                raise ValueError(f"knob {self.name}: split value {value!r} is not [-1, inner]")
+            return value[1]
+        return value
+
+
+@dataclass(frozen=True)
+class ConfigEntity:
+    """One point of the space: its index and the value of every knob (in knob order)."""
+
+    index: int
+    values: tuple[tuple[str, Any], ...]
+
+    def __getitem__(self, name: str) -> Any:
+        for knob, value in self.values:
+            if knob == name:
+                return value
+        raise KeyError(name)
+
+    def kernel_config(self) -> KernelConfig:
+        """The ``tt_mhsa_config`` this entity selects."""
+        return KernelConfig(int(self["rows_per_block"]), bool(self["fuse_qk"]))
+
+    def variant(self) -> KernelVariant:
+        """The compile-time kernel variant this entity selects."""
+        return KernelVariant(str(self["tile"]), bool(self["fma"]))
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.values)
+
+    def __str__(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.values)
+
+
+class ConfigSpace:
+    """The knobs of one task on one board, and the rules a config must satisfy there."""
+
+    def __init__(self, workload: Workload, board: Board, knobs: tuple[Knob, ...]) -> None:
+        self.workload = workload
+        self.board = board
+        self.knobs = knobs
+        self._radix = [1]
+        for knob in knobs[:-1]:
+            self._radix.append(self._radix[-1] * len(knob))
+
+    def __len__(self) -> int:
+        return math.prod(len(k) for k in self.knobs)
+
+    def neighbour(self, index: int, knob: int, step: int) -> int:
+        """The index of ``index`` with knob number ``knob`` moved ``step`` values on
+        (cyclically): integer arithmetic only, for the annealer's inner loop."""
+        size, radix = len(self.knobs[knob]), self._radix[knob]
+        digit = (index // radix) % size
+        return index + ((digit + step) % size - digit) * radix
+
+    def knob(self, name: str) -> Knob:
+        for knob in self.knobs:
+            if knob.name == name:
+                return knob
+        raise KeyError(name)
+
+    # -- index <-> config -------------------------------------------------------------------
+    def get(self, index: int) -> ConfigEntity:
+        """The entity of ``index`` (0 <= index < len(self))."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"config index {index} outside 0..{len(self) - 1}")
+        values = []
+        for knob, radix in zip(self.knobs, self._radix):
+            values.append((knob.name, knob.values[(index // radix) % len(knob)]))
+        return ConfigEntity(index, tuple(values))
+
+    def index_of(self, values: dict[str, Any]) -> int:
+        """The index of the config with these knob values (``ValueError`` if not in the space)."""
+        index = 0
+        for knob, radix in zip(self.knobs, self._radix):
+            if knob.name not in values:
+                raise ValueError(f"config lacks knob {knob.name!r}")
+            try:
+                index += knob.values.index(values[knob.name]) * radix
+            except ValueError:
+                raise ValueError(f"{values[knob.name]!r} is not a value of knob {knob.name!r} "
+                                 f"(values: {list(knob.values)})") from None
+        return index
+
+    def entity(self, values: dict[str, Any]) -> ConfigEntity:
+        return self.get(self.index_of(values))
+
+    def from_kernel_config(self, config: KernelConfig,
+                           variant: KernelVariant | None = None) -> ConfigEntity | None:
+        """The entity of a kernel config and variant (None when a value is not a candidate)."""
+        variant = variant or KernelVariant()
+        try:
+            return self.entity({"rows_per_block": config.rows_per_block,
+                                "fuse_qk": config.fuse_qk, "tile": variant.tile,
+                                "fma": variant.fma})
+        except ValueError:
+            return None
+
+    def record_entity(self, entity: ConfigEntity) -> list[list[Any]]:
+        """``[[knob, type, value], ...]`` as AutoTVM's ``config.entity``."""
+        return [[k.name, k.type.value, k.record_value(v)]
+                for k, (_, v) in zip(self.knobs, entity.values)]
+
+    def from_record_entity(self, entity: list[list[Any]]) -> ConfigEntity:
+        """Inverse of :meth:`record_entity` (``ValueError`` when it does not fit this space)."""
+        values = {}
+        for item in entity:
+            name, tag, value = item
+            knob = self.knob(name)
+            if tag != knob.type.value:
+                raise ValueError(f"knob {name!r} has type {knob.type.value!r}, record says {tag!r}")
+            values[name] = knob.from_record(value)
+        return self.entity(values)
+
+    def code_hash(self, entity: ConfigEntity) -> str:
+        """Hash of what the config compiles to: workload, board and knob values."""
+        text = json.dumps([self.board.name, self.workload.key(), self.record_entity(entity)])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    # -- validity ---------------------------------------------------------------------------
+    def scratch_bytes(self, entity: ConfigEntity) -> int:
+        """Scratch the instance takes from the arena (cluster drivers: all active cores)."""
+        config = entity.kernel_config()
+        cores = self.board.cluster_cores
+        shape = self.workload.shape
+        return (cluster_scratch_bytes(shape, config, cores) if cores > 1
+                else scratch_bytes(shape, config))
+
+    def params_bytes(self, entity: ConfigEntity) -> int:
+        """Bytes of the weights the instance stores (the fused or unfused Q/K variant)."""
+        s = self.workload.shape
+        h, e, p, eo = s.heads, s.embed, s.proj, s.out_features
+        qk = h * e * e + h * e if entity["fuse_qk"] else 2 * (h * p * e + h * p)
+        return (qk + h * p * e + h * p + h * eo * p + eo) * FLOAT32_BYTES
+
+    def check(self, entity: ConfigEntity) -> str | None:
+        """None when the config is valid on the board, else the reason it is not."""
+        fast = self.board.fast_memory_bytes()
+        need = self.scratch_bytes(entity)
+        if fast is not None and need > fast:
+            name = self.board.fast_memory or (self.board.placement.data
+                                              if self.board.placement else "?")
+            return (f"scratch {need} B does not fit {name} ({fast} B available for scratch on "
+                    f"{self.board.name})")
+        if self.board.placement is not None:
+            code = self.board.memory(self.board.placement.code)
+            params = self.params_bytes(entity)
+            if params > code.size:
+                return f"weights {params} B do not fit {code.name} ({code.size} B)"
+        return None
+
+    def is_valid(self, entity: ConfigEntity) -> bool:
+        return self.check(entity) is None
+
+    def valid_indices(self) -> list[int]:
+        return [i for i in range(len(self)) if self.is_valid(self.get(i))]
+
+    # -- features ---------------------------------------------------------------------------
+    def features(self, entity: ConfigEntity) -> np.ndarray:
+        """Knob and workload features of one config, for the cost model (float64 vector).
+
+        Knobs: x, log2 x, number of blocks, tail rows, x odd, fuse_qk, tile rows and columns,
+        rows of a block left over by the tile, fma. Workload: S, E, H, P, E_out (logs).
+        Derived: the multiply-accumulates of the Q.K^T path each variant runs and the scratch
+        bytes, so a model trained on one shape transfers to another.
+        """
+        s = self.workload.shape
+        x = min(int(entity["rows_per_block"]), s.seq)
+        fused = bool(entity["fuse_qk"])
+        variant = entity.variant()
+        blocks = -(-s.seq // x)
+        qk_macs = (s.seq * s.embed * s.embed + s.seq * s.seq * s.embed if fused
+                   else 2 * s.seq * s.proj * s.embed + s.seq * s.seq * s.proj)
+        return np.array([
+            x, math.log2(x), blocks, s.seq - (blocks - 1) * x, x % 2, float(fused),
+            variant.tile_rows, variant.tile_cols, x % variant.tile_rows, float(variant.fma),
+            math.log2(s.seq), math.log2(s.embed), math.log2(s.heads), math.log2(s.proj),
+            math.log2(s.out_features), math.log2(s.heads * qk_macs),
+            math.log2(self.scratch_bytes(entity)),
+        ], dtype=np.float64)
+
+    def feature_matrix(self, indices: list[int]) -> np.ndarray:
+        return np.stack([self.features(self.get(i)) for i in indices]) if indices else \
+            np.zeros((0, len(self.features(self.get(0)))))
+
+
+def rows_per_block_candidates(seq: int) -> tuple[int, ...]:
+    """Block sizes worth trying for S rows: 1 .. SMALL_BLOCKS, and ceil(S / n) for every block
+    count n (the smallest block giving n blocks), ascending."""
+    values = set(range(1, min(seq, SMALL_BLOCKS) + 1))
+    values.update(-(-seq // n) for n in range(1, seq + 1))
+    return tuple(sorted(values))
+
+
+def config_space(workload: Workload | TuningTask, board: Board | str | None = None
+                 ) -> ConfigSpace:
+    """The config space of ``workload`` on ``board`` (a task carries its own board)."""
+    if isinstance(workload, TuningTask):
+        board = board or workload.board
+        workload = workload.workload
+    if board is None:
+        raise ValueError("config_space needs a board")
+    board = get_board(board) if isinstance(board, str) else board
+    shape: MhsaShape = workload.shape
+    knobs = (
+        Knob("rows_per_block", KnobType.SPLIT, rows_per_block_candidates(shape.seq)),
+        Knob("fuse_qk", KnobType.OTHER, (False, True)),
+        Knob("tile", KnobType.OTHER, TILES),
+        Knob("fma", KnobType.OTHER, (False, True)),
+    )
+    return ConfigSpace(workload, board, knobs)
