@@ -24,7 +24,17 @@ DATA_DIR = REPO / "tests" / "data"
 if str(REPO) not in sys.path:  # ``examples`` is not an installed package
     sys.path.insert(0, str(REPO))
 
+import os  # noqa: E402
+
+from hypothesis import settings  # noqa: E402
+
 import tvm_tiny  # noqa: E402
+
+# CI must be reproducible: there, every property test draws the same examples each run
+# (``make fuzz`` and local runs keep exploring new ones).
+settings.register_profile("tvm_tiny_ci", derandomize=True, deadline=None, database=None)
+if os.environ.get("CI"):
+    settings.load_profile("tvm_tiny_ci")
 from examples.models import example_inputs  # noqa: E402
 
 #: Seed of every example input (``examples.models.example_inputs``).

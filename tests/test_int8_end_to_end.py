@@ -22,11 +22,14 @@ from tvm_tiny.mhsa_weights import KernelConfig
 from tvm_tiny.models import encoder_helper, mha_torch, mhsa_helper, mhsa_torch_linear
 from tvm_tiny.partition import partition_for_tiny
 
-# Current accuracy against onnxruntime's reference QDQ semantics (measured over these models:
-# max 4-5 steps, mean 0.7-0.9 steps). The kernel rounds once per projection and once for the
-# scores where the exported graph rounds twice; these bounds guard against regressions.
-MAX_STEPS = 6
-MEAN_STEPS = 1.0
+# Accuracy against onnxruntime's reference QDQ semantics, in output quantization steps:
+# (max, mean). The kernel replicates the graph's rounding points (matmul output before the bias,
+# Q·Kᵀ before the scale), measured at max 1-2 and mean <= 0.12 steps. nn.MultiheadAttention
+# exports sqrt(scale) on Q and K, quantized again after the factor: a third rounding per Q/K the
+# two-stage kernel folds away (measured max 3-4, mean 0.55-0.72). onnxruntime's own optimized
+# path differs from its reference by up to 3 steps on these models.
+STEP_BOUNDS = {"helper": (2, 0.25), "helper_div_nobias": (2, 0.25), "torch_linear": (2, 0.25),
+               "torch_mha": (4, 0.8)}
 
 MODELS = {
     "helper": lambda: mhsa_helper(16, 32, 4, 8),
@@ -85,7 +88,8 @@ def test_qdq_mhsa_is_offloaded_as_int8_and_close_to_onnxruntime(name, per_channe
     (y,) = lib.run(x)
     steps = np.abs(y - _ort_reference(model, x)) / step
     exact = float(np.mean(steps < 0.5))
-    assert steps.max() <= MAX_STEPS and steps.mean() <= MEAN_STEPS, (
+    max_steps, mean_steps = STEP_BOUNDS[name]
+    assert steps.max() <= max_steps + 0.01 and steps.mean() <= mean_steps, (
         f"{name}: max {steps.max():.2f} steps, mean {steps.mean():.3f}, exact {exact:.1%}")
 
 

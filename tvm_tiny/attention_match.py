@@ -47,6 +47,13 @@ class MhsaQuantization:
     wk: QuantizedWeight
     wv: QuantizedWeight
     wo: QuantizedWeight
+    # Roundings the exported graph makes in between, replicated by the kernel: the projections'
+    # matmul outputs before the bias add, and Q·Kᵀ before the scale multiply (None: absent).
+    q_acc: QuantPoint | None = None
+    k_acc: QuantPoint | None = None
+    v_acc: QuantPoint | None = None
+    o_acc: QuantPoint | None = None
+    qk_acc: QuantPoint | None = None
 
 
 @dataclass
@@ -73,6 +80,7 @@ class _Projection:
     bias: np.ndarray | None  # [N]
     consts: tuple[relax.Expr, ...]
     vars: tuple[relax.Var, ...]
+    acc_point: QuantPoint | None = None  # QDQ: the matmul output's rounding before the bias
 
 
 class _Uses:
@@ -149,14 +157,14 @@ class _Matcher:
         """``add(matmul(data, W), b)`` / ``add(b, matmul(..))`` / ``matmul(data, W)``; in QDQ
         graphs an intermediate Q/DQ pair between matmul and add is allowed (we round once)."""
         value = self.tracer.producer(expr)
-        bias, vars_ = None, [expr]
+        bias, vars_, acc_point = None, [expr], None
         if _op_name(value) == "relax.add":
             a, b = value.args
             matmul_var, bias_expr = (a, b) if is_constant(b) else (b, a)
             if not is_constant(bias_expr):
                 raise Rejected("projection bias is not a constant")
             bias = constant_value(bias_expr).reshape(-1)
-            matmul_var, pair_vars, _ = self.unwrap_qdq(matmul_var)
+            matmul_var, pair_vars, acc_point = self.unwrap_qdq(matmul_var)
             vars_ += pair_vars
             value = self.tracer.producer(matmul_var)
             vars_.append(matmul_var)
@@ -173,7 +181,7 @@ class _Matcher:
                            "outputs")
         # Only the weight matrix counts for the sharing check: exporters merge equal biases (e.g.
         # the zero biases of untrained torch layers) into one initializer, cheap to copy.
-        return _Projection(data, weight, bias, (weight_expr,), tuple(vars_))
+        return _Projection(data, weight, bias, (weight_expr,), tuple(vars_), acc_point)
 
     def int8_weight(self, weight: np.ndarray, what: str) -> QuantizedWeight:
         if self.qconsts is None:
@@ -309,6 +317,13 @@ def find_attention(func: relax.Function, bindings: dict[relax.Var, relax.Expr],
                 cols["K"].reshape(-1)).scaled(k_factor),
             wv=m.int8_weight(projections["V"].weight, "V").take_columns(cols["V"].reshape(-1)),
             wo=m.int8_weight(out.wo_source, "output").take_rows(out.wo_order),
+            # A Q/K rounding before a factor folded into the projection would sit at another
+            # point of the computation: only replicate it when no factor is folded.
+            q_acc=projections["Q"].acc_point if q_factor == 1.0 else None,
+            k_acc=projections["K"].acc_point if k_factor == 1.0 else None,
+            v_acc=projections["V"].acc_point if v_scale == 1.0 else None,
+            o_acc=out.acc_point,
+            qk_acc=scores.quant[-1] if len(scores.quant) > 1 and scores.scale != 1.0 else None,
         )
     return AttentionMatch(x, weights, shape, out.root, out.root_shape, sorted(region, key=str),
                           quant)
@@ -372,6 +387,7 @@ class _OutputProjection:
     wo_order: np.ndarray  # row order taking wo_source to wo
     ctx_point: QuantPoint | None
     y_point: QuantPoint | None
+    acc_point: QuantPoint | None = None
 
 
 _CHAIN_OPS = ("relax.quantize", "relax.dequantize")
@@ -399,7 +415,7 @@ def _output_projection(m: _Matcher, core: relax.Var, heads: int, seq: int, proj:
     if not is_constant(wo_expr) or not ctx.same_as(current):
         raise Rejected("output projection weight is not a constant")
     wo_src = constant_value(wo_expr)
-    root, bo_src, region = matmul_var, None, [*chain, matmul_var]
+    root, bo_src, region, acc_point = matmul_var, None, [*chain, matmul_var], None
     after, pair = _after_intermediate_qdq(m, matmul_var)
     user = uses.sole_user(after)
     if user is not None and _op_name(bindings.get(user)) == "relax.add":
@@ -409,6 +425,8 @@ def _output_projection(m: _Matcher, core: relax.Var, heads: int, seq: int, proj:
             bo_src = constant_value(bias_expr).reshape(-1).astype(np.float32)
             root = user
             region += [*pair, root]
+            if pair:
+                acc_point = m.tracer.qdq_pair(bindings[pair[1]])[1]
     y_point = None
     user = uses.sole_user(root)
     if user is not None and _op_name(bindings.get(user)) == "relax.quantize":
@@ -438,7 +456,7 @@ def _output_projection(m: _Matcher, core: relax.Var, heads: int, seq: int, proj:
         raise Rejected("output projection result is not [.., S, E_out]")
     ctx_point = _consistent(traced.quant, "attention context") if traced.quant else None
     return _OutputProjection(root, root_shape, wo_src[order].astype(np.float32), bo_src, region,
-                             wo_src, order, ctx_point, y_point)
+                             wo_src, order, ctx_point, y_point, acc_point)
 
 
 def _after_intermediate_qdq(m: _Matcher, var: relax.Var) -> tuple[relax.Var, list[relax.Var]]:

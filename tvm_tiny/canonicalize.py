@@ -116,27 +116,32 @@ def _canonical_int8(match: AttentionMatch, bind: Bind) -> tuple[relax.Expr, rela
         xq = bind(relax.op.reshape(xq, (1, s, e)))
     x = bind(_dequantize(xq, qz.x))
 
+    def rounded(value: relax.Expr, point: QuantPoint | None) -> relax.Expr:
+        """An exported intermediate rounding (``dequantize(quantize(.))``) when there is one."""
+        return value if point is None else _dequantize(_quantize(value, point), point)
+
     def project(data: relax.Expr, weight: QuantizedWeight, bias: np.ndarray | None,
-                point: QuantPoint) -> relax.Expr:
+                point: QuantPoint, acc: QuantPoint | None) -> relax.Expr:
         out = relax.op.matmul(data, _int8_weight(weight))
         if bias is not None:
-            out = relax.op.add(out, relax.const(bias))
+            out = relax.op.add(rounded(out, acc), relax.const(bias))
         return _quantize(out, point)
 
     def heads(value: relax.Expr, point: QuantPoint, axes: list[int]) -> relax.Expr:
         return relax.op.permute_dims(
             relax.op.reshape(_dequantize(value, point), (1, s, h, p)), axes)
 
-    q = heads(project(x, qz.wq, w.bq, qz.q), qz.q, [0, 2, 1, 3])
-    k = heads(project(x, qz.wk, w.bk, qz.k), qz.k, [0, 2, 3, 1])
-    v = heads(project(x, qz.wv, w.bv, qz.v), qz.v, [0, 2, 1, 3])
+    q = heads(project(x, qz.wq, w.bq, qz.q, qz.q_acc), qz.q, [0, 2, 1, 3])
+    k = heads(project(x, qz.wk, w.bk, qz.k, qz.k_acc), qz.k, [0, 2, 3, 1])
+    v = heads(project(x, qz.wv, w.bv, qz.v, qz.v_acc), qz.v, [0, 2, 1, 3])
     scale = relax.const(np.float32(w.scale))
-    scores = _quantize(relax.op.multiply(relax.op.matmul(q, k), scale), qz.scores)
+    scores = _quantize(relax.op.multiply(rounded(relax.op.matmul(q, k), qz.qk_acc), scale),
+                       qz.scores)
     probs = _quantize(relax.op.nn.softmax(_dequantize(scores, qz.scores), axis=-1), qz.probs)
     ctx = _quantize(relax.op.matmul(_dequantize(probs, qz.probs), v), qz.ctx)
     ctx = relax.op.reshape(relax.op.permute_dims(_dequantize(ctx, qz.ctx), [0, 2, 1, 3]),
                            (1, s, h * p))
-    out = project(ctx, qz.wo, w.bo, qz.y)
+    out = project(ctx, qz.wo, w.bo, qz.y, qz.o_acc)
     if tuple(match.root_shape) != (1, s, match.shape.out_features):
         out = relax.op.reshape(out, match.root_shape)
     return out, scale

@@ -16,9 +16,11 @@ import numpy as np
 
 from .attention_match import MhsaQuantization
 from .cformat import const_array
+from .errors import CodegenError
 from .layout_trace import QuantPoint
 from .mhsa import MhsaDescriptor
 from .mhsa_int8 import (
+    ACC_ARRAY_FIELDS,
     MhsaInt8Params,
     QParams,
     QWeight,
@@ -37,7 +39,8 @@ CONST_ALIGNMENT = 16
 ARRAY_FIELDS = ("wq", "wk", "wf", "wv", "wo", "bq", "bk", "bf", "bv", "bo", "q_mult", "q_shift",
                 "k_mult", "k_shift", "t_mult", "t_shift", "v_mult", "v_shift", "score_mult",
                 "score_shift", "o_mult", "o_shift", "softmax_lut")
-"""Pointer fields of ``tt_mhsa_s8_params`` in struct order (absent ones are NULL)."""
+"""Pointer fields of ``tt_mhsa_s8_params`` (absent ones are NULL), then the stage-2 biases of
+the exported intermediate roundings (``mhsa_int8.ACC_ARRAY_FIELDS``)."""
 
 # tt_mhsa_s8_simd.c and tt_mhsa_s8.c define the same symbols: link one. The SIMD file uses the
 # Arm DSP extension when the target has it (__ARM_FEATURE_DSP) and its portable 4-way fallback
@@ -50,8 +53,8 @@ def int8_params(desc: MhsaDescriptor) -> MhsaInt8Params:
     """The kernel's quantization record from an int8 descriptor."""
     quant: MhsaQuantization = desc.quant
 
-    def qp(point: QuantPoint) -> QParams:
-        return QParams(point.scale, point.zero_point)
+    def qp(point: QuantPoint | None) -> QParams | None:
+        return None if point is None else QParams(point.scale, point.zero_point)
 
     def qw(weight: QuantizedWeight) -> QWeight:
         return QWeight(weight.values, weight.scale)
@@ -62,6 +65,8 @@ def int8_params(desc: MhsaDescriptor) -> MhsaInt8Params:
         probs=qp(quant.probs), ctx=qp(quant.ctx), y=qp(quant.y),
         wq=qw(quant.wq), wk=qw(quant.wk), wv=qw(quant.wv), wo=qw(quant.wo),
         bq=w.bq, bk=w.bk, bv=w.bv, bo=w.bo, scale=w.scale,
+        q_acc=qp(quant.q_acc), k_acc=qp(quant.k_acc), v_acc=qp(quant.v_acc),
+        o_acc=qp(quant.o_acc), qk_acc=qp(quant.qk_acc),
     )
 
 
@@ -76,11 +81,14 @@ def emit_mhsa_s8(desc: MhsaDescriptor, config: KernelConfig, model: str, config_
     params = int8_params(desc)
     arrays = arrange_s8(params, shape, config)
     scalars = scalar_fields_s8(params, shape, config)
+    fields = ARRAY_FIELDS + tuple(ACC_ARRAY_FIELDS)
+    unknown = set(arrays) - set(fields)
+    if unknown:  # a kernel field this emitter does not know would silently stay NULL
+        raise CodegenError(f"'{desc.symbol}': arrange_s8 returned unknown fields {sorted(unknown)}")
     consts = [const_array(f"{fn}_{name}", arrays[name], CONST_ALIGNMENT, name)
-              for name in ARRAY_FIELDS if name in arrays]
+              for name in fields if name in arrays]
     pointers = ",\n  ".join(
-        f".{name} = {fn}_{name}" if name in arrays else f".{name} = NULL"
-        for name in ARRAY_FIELDS)
+        f".{name} = {fn}_{name}" if name in arrays else f".{name} = NULL" for name in fields)
     scalar_init = ",\n  ".join(f".{name} = {value}" for name, value in scalars.items())
     if cores > 1:
         scratch = cluster_scratch_bytes_s8(shape, config, cores)

@@ -123,12 +123,18 @@ def _describe_mhsa_s8(composite: relax.Function, symbol: str) -> MhsaDescriptor:
         expr = matched.get(annotations[name])
         return None if expr is None else constant_value(expr).reshape(-1).astype(np.float32)
 
+    def optional_point(name: str) -> QuantPoint | None:
+        return point(name) if matched.get(annotations[name]) is not None else None
+
     root = node("root")
     quant = MhsaQuantization(
         x=point("x"), q=point("q"), k=point("k"), v=point("v"), scores=point("scores"),
         probs=point("probs"), ctx=point("ctx"),
         y=QuantPoint(*per_tensor_qparams(root), str(root.attrs.out_dtype), root),
         wq=weight("wq"), wk=weight("wk"), wv=weight("wv"), wo=weight("wo"),
+        q_acc=optional_point("q_acc"), k_acc=optional_point("k_acc"),
+        v_acc=optional_point("v_acc"), o_acc=optional_point("o_acc"),
+        qk_acc=optional_point("qk_acc"),
     )
 
     def dequantized(w: QuantizedWeight) -> np.ndarray:

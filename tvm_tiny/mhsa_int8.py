@@ -483,8 +483,14 @@ def lower_s8(params: MhsaInt8Params, shape: MhsaShape, config: KernelConfig) -> 
         bf_real[:, :e] = params.scale * np.einsum("hp,hcp->hc", bq, wk)
         if params.bk is not None:
             bf_real[:, e] = params.scale * np.einsum("hp,hp->h", bq, bk) / (kappa * sx)
-    # (a floor keeps a vanishing Wf, e.g. scale ~ 0, from dividing by a zero scale)
-    wf_scale = np.maximum(np.abs(wf_real).reshape(h, -1).max(axis=1) / INT8_MAX, 1e-30)
+    # The scale must also keep the fused bias representable when Wf_h vanishes (an all-zero
+    # Q or K head, as in pruned models): |bf / (s_x wf_scale)| stays below 2^24; a floor keeps
+    # an all-zero head from dividing by a zero scale.
+    wf_scale = np.maximum.reduce([
+        np.abs(wf_real).reshape(h, -1).max(axis=1) / INT8_MAX,
+        np.abs(bf_real).max(axis=1) / (sx * 2.0**24),
+        np.full(h, 1e-30),
+    ])
     wf = np.clip(_round_half_away(wf_real / wf_scale[:, None, None]), -INT8_MAX, INT8_MAX)
     t_max = min(INT16_MAX, INT32_MAX // (a_max * (e + 1)))  # |T| <= t_max: T X^T fits int32
     bf = np.zeros((h, e + 1), np.int32)

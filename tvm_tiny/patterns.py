@@ -72,27 +72,35 @@ def make_mhsa_s8_pattern() -> tuple[DFPattern, dict[str, DFPattern]]:
 
     x = dequantize(xq)
 
-    def projection(data: DFPattern) -> tuple[DFPattern, DFPattern, DFPattern]:
+    def rounded(value: DFPattern) -> tuple[DFPattern, DFPattern]:
+        """``value`` or its exported intermediate rounding; returns (pattern, its quantize)."""
+        acc = quantize(value)
+        return is_op("relax.dequantize")(acc, *qparams()) | value, acc
+
+    def projection(data: DFPattern) -> tuple[DFPattern, DFPattern, DFPattern, DFPattern]:
         weight, bias = int8_weight(), is_const()
         matmul = is_op("relax.matmul")(data, weight)
-        return quantize(is_op("relax.add")(matmul, bias) | matmul), weight, bias
+        inner, acc = rounded(matmul)
+        return quantize(is_op("relax.add")(inner, bias) | matmul), weight, bias, acc
 
     def heads(quantized: DFPattern) -> DFPattern:
         return is_op("relax.permute_dims")(
             is_op("relax.reshape")(dequantize(quantized), wildcard()))
 
-    q, wq, bq = projection(x)
-    k, wk, bk = projection(x)
-    v, wv, bv = projection(x)
+    q, wq, bq, q_acc = projection(x)
+    k, wk, bk, k_acc = projection(x)
+    v, wv, bv, v_acc = projection(x)
     scale = is_const()
-    scores = quantize(is_op("relax.multiply")(is_op("relax.matmul")(heads(q), heads(k)), scale))
+    qk, qk_acc = rounded(is_op("relax.matmul")(heads(q), heads(k)))
+    scores = quantize(is_op("relax.multiply")(qk, scale))
     probs = quantize(is_op("relax.nn.softmax")(dequantize(scores)))
     ctx = quantize(is_op("relax.matmul")(dequantize(probs), heads(v)))
     merged = is_op("relax.reshape")(is_op("relax.permute_dims")(dequantize(ctx)), wildcard())
-    out, wo, bo = projection(merged)
+    out, wo, bo, o_acc = projection(merged)
     annotations = {"root": out, "xq": xq, "x": x, "q": q, "k": k, "v": v, "scores": scores,
                    "probs": probs, "ctx": ctx, "wq": wq, "bq": bq, "wk": wk, "bk": bk,
-                   "wv": wv, "bv": bv, "wo": wo, "bo": bo, "scale": scale}
+                   "wv": wv, "bv": bv, "wo": wo, "bo": bo, "scale": scale, "q_acc": q_acc,
+                   "k_acc": k_acc, "v_acc": v_acc, "o_acc": o_acc, "qk_acc": qk_acc}
     return out, annotations
 
 
