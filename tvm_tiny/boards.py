@@ -203,6 +203,25 @@ STM32L4 = Board(
     emulator=Emulator("qemu-system-arm", "mps2-an386", "qemu-system-arm"),
 )
 
+MPS2_AN386 = Board(
+    name="mps2_an386",
+    description="Arm MPS2+ FPGA board with the AN386 Cortex-M4 image (the machine QEMU emulates "
+                "for stm32l4): 4 MiB code SSRAM, 4 MiB data SSRAM; for baselines too large for "
+                "a real STM32 part",
+    cores=(Core("cortex-m4", Isa.ARMV7EM),),
+    tvm_target_attrs=(("kind", "c"), ("mcpu", "cortex-m4")),
+    simd=frozenset({SimdFeature.ARM_DSP, SimdFeature.FPU_SP}),
+    memories=(
+        Memory("SSRAM1", MemoryKind.FLASH, 0x0000_0000, 4 * MIB, 0x0000_0000,
+               "code SSRAM (holds code and constants as flash would)"),
+        Memory("SSRAM23", MemoryKind.RAM, 0x2000_0000, 4 * MIB, 0x2000_0000, "data SSRAM"),
+    ),
+    placement=Placement(code="SSRAM1", data="SSRAM23", stack="SSRAM23", stack_bytes=_STACK),
+    toolchain=Toolchain("arm-none-eabi-", _ARM, (
+        "-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16")),
+    emulator=Emulator("qemu-system-arm", "mps2-an386", "qemu-system-arm"),
+)
+
 STM32H7 = Board(
     name="stm32h7",
     description="STM32H7 (e.g. H743): Cortex-M7 with DSP and DP FPU, 128 KiB DTCM + 512 KiB "
@@ -265,7 +284,8 @@ GAP9 = Board(
     fast_memory="L1",
 )
 
-_BOARDS: dict[str, Board] = {b.name: b for b in (HOST, STM32L4, STM32H7, STM32F746, GAP9)}
+_BOARDS: dict[str, Board] = {b.name: b for b in (HOST, STM32L4, MPS2_AN386, STM32H7, STM32F746,
+                                                  GAP9)}
 
 
 def get_board(name: str) -> Board:

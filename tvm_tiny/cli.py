@@ -276,9 +276,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2, help="firmwares measured in parallel")
     p.set_defaults(func=cmd_tune, target="stm32h7")
+    p = sub.add_parser("bench", help="benchmark suite: networks x boards x dtypes vs TVM alone",
+                       add_help=False)
+    p.set_defaults(func=None)
     p = sub.add_parser("demo", help="the main job: build, run and check a 2-layer encoder")
     p.add_argument("--json", help="also write the metadata to this file")
     p.set_defaults(func=cmd_demo)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "bench":  # its own argument parser (--quick, --networks, ...)
+        from .bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = parser.parse_args(argv)
     try:
         return args.func(args)
