@@ -50,3 +50,20 @@ def test_bench_runner_writes_table_and_json(tmp_path, capsys):
     (row,) = json.loads(out.read_text())["rows"]
     assert row["tiny_total"] > 0 and row["tvm_total"] > row["tiny_total"]
     assert row["offloaded"] == 1 and (tmp_path / "r.png").stat().st_size > 0
+
+
+@pytest.mark.emulator
+def test_report_profile_lists_kernel_calls_with_shares(capsys):
+    from pathlib import Path
+
+    from tvm_tiny.cli import main as cli_main
+
+    model = Path(__file__).parent / "data" / "encoder_helper_relu.onnx"
+    assert cli_main(["report", str(model), "--target", "stm32l4", "--profile"]) == 0
+    printed = capsys.readouterr().out
+    assert "instructions, not cycles" in printed
+    rows = [line.split() for line in printed.splitlines() if line.strip().endswith("%")]
+    kernels = {row[1]: float(row[-1].rstrip("%")) for row in rows if row[0].isdigit()}
+    assert kernels.get("tvm_tiny_mhsa_0", 0) > 0
+    shares = [float(row[-1].rstrip("%")) for row in rows]
+    assert 99.0 <= sum(shares) <= 101.0, shares  # every instruction of the run is accounted for

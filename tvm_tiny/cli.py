@@ -150,7 +150,30 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.plot:
         plot_memory(lib.metadata, args.plot)
         print(f"memory plot written to {args.plot}")
+    if args.profile:
+        print(_profile(lib, args.seed))
     return 0
+
+
+def _profile(lib: Any, seed: int) -> str:
+    """Instructions of every kernel call of one emulated run, largest first, with its share."""
+    from .errors import RunError
+
+    if lib.target == "host":
+        raise RunError("--profile counts instructions on an emulated board: pass --target "
+                       "stm32l4|stm32h7|stm32f746|gap9")
+    run = lib.run_on_board(*_load_inputs(lib, None, seed))
+    lines = [f"profile of one run on {run.board} (QEMU {run.machine}; instructions, not cycles),"
+             f" {run.profiled_instructions} instructions with per-kernel markers:",
+             f"  {'#':>3s} {'kernel call':52s} {'instructions':>12s} {'share':>6s}"]
+    order = sorted(enumerate(run.per_step), key=lambda item: -item[1][1])
+    for index, (name, count) in order:
+        share = 100.0 * count / run.profiled_instructions
+        lines.append(f"  {index:3d} {name[:52]:52s} {count:12d} {share:5.1f}%")
+    glue = run.profiled_instructions - sum(count for _, count in run.per_step)
+    lines.append(f"  {'':3s} {'(entry point glue between kernels)':52s} {glue:12d} "
+                 f"{100.0 * glue / run.profiled_instructions:5.1f}%")
+    return "\n".join(lines)
 
 
 def plot_memory(metadata: dict[str, Any], path: str) -> None:
@@ -266,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_export)
     p = model_command("report", "print the memory plan of both plans")
     p.add_argument("--plot", help="write a PNG of arena use per step for both plans")
+    p.add_argument("--profile", action="store_true",
+                   help="run on the (emulated) board and print instructions per kernel call")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random input (--profile)")
     p.set_defaults(func=cmd_report)
     p = model_command("tune", "tune the MHSA kernels on a board (instruction counts, emulated)")
     p.add_argument("--trials", type=int, default=64, help="configs measured per task")
