@@ -34,10 +34,18 @@ def test_network_offloads_every_attention_and_matches_onnxruntime(name):
     assert error <= NETWORK_RTOL, f"{name}: relative error {error:.2e}"
 
 
-def test_int8_network_offloads_int8_attention():
+@pytest.mark.emulator
+def test_int8_network_offloads_int8_attention_and_runs_on_board():
+    """Also a regression test: its fused QDQ kernels have names longer than the instruction
+    counter's label buffer, which run_on_board must still match to the kernel calls."""
     model = build_network("deeploy_attention", dtype="int8")
-    lib = tvm_tiny.build(model, name="net_int8")
+    lib = tvm_tiny.build(model, target="stm32l4", name="net_int8")
     assert [e["dtype"] for e in lib.metadata["offloaded"]] == ["int8"]
+    assert max(len(s["name"]) for s in lib.metadata["steps"]) > 90
+    (x,) = network_inputs(model)
+    run = lib.run_on_board(x)
+    np.testing.assert_array_equal(run.outputs[0], lib.run(x)[0])
+    assert set(run.per_kernel) == {s["name"] for s in lib.metadata["steps"]}
 
 
 @pytest.mark.emulator
