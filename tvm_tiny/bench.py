@@ -44,6 +44,7 @@ class Row:
     tiny_total: int | None = None
     tiny_mhsa: int | None = None
     tiny_modelled_8core: int | None = None
+    mhsa_modelled_8core: int | None = None
     tvm_total: int | None = None
     tvm_fits: bool = True
     tiny_arena: int = 0
@@ -96,6 +97,9 @@ def measure(network: str, board: str, dtype: str) -> Row:
         row.tiny_flash = _flash(tiny_run)
         if tiny_run.cluster is not None:
             row.tiny_modelled_8core = tiny_run.cluster.modelled_instructions
+            row.mhsa_modelled_8core = sum(
+                v for k, v in tiny_run.cluster.modelled_per_step.items()
+                if k.startswith("tvm_tiny_mhsa")) or None
     base, base_run, base_error = _build_and_run(model, board, False, inputs,
                                                 f"{network}_{dtype}_tvm")
     row.tvm_fits = base is not None
@@ -115,17 +119,23 @@ def _num(value: int | float | None, fmt: str = ",") -> str:
 
 def table(rows: list[Row]) -> str:
     head = ("| network | board | dtype | MHSA offloaded | instructions tvm_tiny | "
-            "TVM alone | ratio | MHSA instructions | MHSA instr/MAC | GAP9 8-core (modelled) "
-            "| arena B tvm_tiny / TVM | params B | fits |")
-    lines = [head, "|" + "---|" * 13]
+            "TVM alone | ratio | MHSA instructions | MHSA instr/MAC | GAP9 8-core model "
+            "(modelled) | GAP9 MHSA 8-core speed-up (modelled) | arena B tvm_tiny / TVM | "
+            "params B | fits |")
+    lines = [head, "|" + "---|" * 14]
     for r in rows:
         ratio = (r.tvm_total / r.tiny_total if r.tvm_total and r.tiny_total else None)
         fits = "yes" if r.fits and r.tvm_fits else ("tvm_tiny only" if r.fits else "no")
+        speedup = (r.tiny_mhsa / r.mhsa_modelled_8core
+                   if r.tiny_mhsa and r.mhsa_modelled_8core else None)
         lines.append(
             f"| {r.network} | {r.board} | {r.dtype} | {r.offloaded} | {_num(r.tiny_total)} | "
-            f"{_num(r.tvm_total)} | {_num(ratio, '.2f')}x | {_num(r.tiny_mhsa)} | "
+            f"{_num(r.tvm_total)} | {_num(ratio, '.2f')}{'x' if ratio else ''} | "
+            f"{_num(r.tiny_mhsa)} | "
             f"{_num(r.mhsa_instr_per_mac, '.2f')} | {_num(r.tiny_modelled_8core)} | "
-            f"{_num(r.tiny_arena)} / {_num(r.tvm_arena)} | {_num(r.tiny_params)} | {fits} |")
+            f"{_num(speedup, '.1f')}{'x' if speedup else ''} | "
+            f"{_num(r.tiny_arena or None)} / {_num(r.tvm_arena or None)} | "
+            f"{_num(r.tiny_params or None)} | {fits} |")
     return "\n".join(lines)
 
 
