@@ -92,7 +92,7 @@ def board_runs(board_lib, model_input):
 
 # -- profiles (no emulator) -------------------------------------------------------------------
 def test_board_names():
-    assert tvm_tiny.boards() == ["gap9", "host", "stm32f746", "stm32h7", "stm32l4"]
+    assert tvm_tiny.boards() == ["gap9", "host", "mps2_an386", "stm32f746", "stm32h7", "stm32l4"]
 
 
 @pytest.mark.parametrize("name,attr,value", [

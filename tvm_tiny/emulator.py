@@ -219,31 +219,40 @@ class _Emulated:
     console: str  # what the firmware printed
 
 
+def run_qemu(board: Board, elf: Path, symbols: dict[str, int], labels: Path, run_dir: Path
+             ) -> tuple[subprocess.CompletedProcess, str, Path]:
+    """Run ``elf`` in the board's QEMU with our instruction-window plugin, in ``run_dir``.
+
+    Returns the process, the console (QEMU prints the firmware's semihosting stdout on its
+    stderr) and the path of the window report.
+    """
+    plugin = wincount_plugin(board.emulator.binary)
+    report = run_dir / "windows.txt"
+    paths = (plugin, labels, report)
+    if any("," in str(p) for p in paths):
+        raise ToolchainError(f"QEMU plugin arguments cannot hold commas: {paths}")
+    command = [*board.emulator.argv(), "-kernel", str(elf), "-plugin",
+               f"{plugin},begin={symbols['tt_window_begin']:#x},"
+               f"end={symbols['tt_window_end']:#x},labels={labels},out={report}"]
+    try:
+        proc = subprocess.run(command, cwd=run_dir, capture_output=True, text=True,
+                              timeout=QEMU_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired as err:
+        raise ToolchainError(f"{board.emulator.binary} did not finish within "
+                             f"{QEMU_TIMEOUT_S} s", command) from err
+    return proc, proc.stdout + proc.stderr, report
+
+
 def _emulate(lib: TinyModule, board: Board, directory: Path, elf: str, labels: str,
              arrays: list[np.ndarray]) -> _Emulated:
     assert board.toolchain is not None and board.emulator is not None
-    plugin = wincount_plugin(board.emulator.binary)
     elf_path = directory / elf
     symbols = _symbols(board.toolchain.nm, elf_path)
     with tempfile.TemporaryDirectory(prefix="tvm_tiny_run_") as run:
         run_dir = Path(run)
         for i, array in enumerate(arrays):
             (run_dir / f"input{i}.bin").write_bytes(array.tobytes())
-        report = run_dir / "windows.txt"
-        paths = (plugin, directory / labels, report)
-        if any("," in str(p) for p in paths):
-            raise ToolchainError(f"QEMU plugin arguments cannot hold commas: {paths}")
-        command = [*board.emulator.argv(), "-kernel", str(elf_path), "-plugin",
-                   f"{plugin},begin={symbols['tt_window_begin']:#x},"
-                   f"end={symbols['tt_window_end']:#x},labels={paths[1]},out={report}"]
-        try:
-            proc = subprocess.run(command, cwd=run_dir, capture_output=True, text=True,
-                                  timeout=QEMU_TIMEOUT_S, check=False)
-        except subprocess.TimeoutExpired as err:
-            raise ToolchainError(f"{board.emulator.binary} did not finish within "
-                                 f"{QEMU_TIMEOUT_S} s", command) from err
-        # QEMU prints the semihosting console (the firmware's stdout) on its stderr.
-        console = proc.stdout + proc.stderr
+        proc, console, report = run_qemu(board, elf_path, symbols, directory / labels, run_dir)
         if proc.returncode == 1:
             detail = re.search(r"tvm_tiny: error: (.*)", console)
             raise RunError(f"model '{lib.name}' failed on {board.name}: "
@@ -251,7 +260,7 @@ def _emulate(lib: TinyModule, board: Board, directory: Path, elf: str, labels: s
         if proc.returncode != 0:
             meaning = _EXIT_MEANING.get(proc.returncode, "the emulator failed")
             raise ToolchainError(f"{board.emulator.binary} exited with {proc.returncode}: "
-                                 f"{meaning}", command, console)
+                                 f"{meaning}", list(proc.args), console)
         outputs = [np.fromfile(run_dir / f"output{i}.bin", dtype=t.dtype).reshape(t.shape)
                    for i, t in enumerate(lib.outputs)]
         windows = parse_windows(report.read_text() if report.exists() else console)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,11 +26,10 @@ import numpy as np
 from .boards import Board
 from .cformat import const_array
 from .emulator import (
-    QEMU_TIMEOUT_S,
     Window,
     parse_memory_usage,
     parse_windows,
-    wincount_plugin,
+    run_qemu,
 )
 from .errors import ToolchainError
 from .project import linker_script
@@ -123,25 +121,14 @@ def run_kernel_firmware(board: Board, elf: Path, labels: Sequence[str]) -> Kerne
     """Run ``elf`` in ``board``'s emulator with the wincount plugin; ``labels`` name the
     windows in the order they open. A non-zero exit of the firmware raises ToolchainError."""
     assert board.emulator is not None and board.toolchain is not None
-    plugin = wincount_plugin(board.emulator.binary)
     symbols = _symbols(require_tool(board.toolchain.nm, board.toolchain.debian_packages), elf)
     with tempfile.TemporaryDirectory(prefix="tvm_tiny_kfw_") as run:
         run_dir = Path(run)
         (run_dir / "labels.txt").write_text("".join(f"{label}\n" for label in labels))
-        command = [*board.emulator.argv(), "-kernel", str(elf), "-plugin",
-                   f"{plugin},begin={symbols['tt_window_begin']:#x},"
-                   f"end={symbols['tt_window_end']:#x},labels=labels.txt,out=windows.txt"]
-        try:
-            proc = subprocess.run(command, cwd=run_dir, capture_output=True, text=True,
-                                  timeout=QEMU_TIMEOUT_S, check=False)
-        except subprocess.TimeoutExpired as err:
-            raise ToolchainError(f"{board.emulator.binary} did not finish within "
-                                 f"{QEMU_TIMEOUT_S} s", command) from err
-        console = proc.stdout + proc.stderr
+        proc, console, report = run_qemu(board, elf, symbols, run_dir / "labels.txt", run_dir)
         if proc.returncode != 0:
-            raise ToolchainError(f"kernel firmware exited with {proc.returncode}", command,
-                                 console)
-        report = run_dir / "windows.txt"
+            raise ToolchainError(f"kernel firmware exited with {proc.returncode}",
+                                 list(proc.args), console)
         windows = parse_windows(report.read_text() if report.exists() else console)
         files = {p.name: p.read_bytes() for p in run_dir.iterdir()
                  if p.name not in ("labels.txt", "windows.txt")}

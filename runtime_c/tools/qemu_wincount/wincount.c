@@ -84,9 +84,11 @@ static uint32_t g_dropped;
 static uint32_t g_open[MAX_DEPTH];
 static uint32_t g_depth;
 static uint32_t g_unbalanced;
-static char (*g_labels)[MAX_LABEL];
+/* Labels of the windows in opening order: a fixed table (6 MiB of host memory in the QEMU
+ * process), so the plugin needs no heap either. */
+static char g_labels[MAX_WINDOWS][MAX_LABEL];
 static uint32_t g_num_labels;
-static char *g_out_path;
+static char g_out_path[4096]; /* "" = print the report on QEMU's log instead */
 
 static void on_begin(unsigned int vcpu, void *userdata) {
   (void)vcpu;
@@ -139,10 +141,10 @@ static void report(FILE *out) {
     const char *label = i < g_num_labels ? g_labels[i] : "-";
     if (w->closed) {
       snprintf(line, sizeof(line), "wincount: window %" PRIu32 " depth %" PRIu32
-               " instructions %" PRIu64 " label %s\n", i, w->depth, w->end - w->begin, label);
+               " instructions %" PRIu64 " label %.95s\n", i, w->depth, w->end - w->begin, label);
     } else {
       snprintf(line, sizeof(line), "wincount: window %" PRIu32 " depth %" PRIu32
-               " unclosed label %s\n", i, w->depth, label);
+               " unclosed label %.95s\n", i, w->depth, label);
     }
     if (out != NULL) {
       fputs(line, out);
@@ -163,7 +165,7 @@ static void on_atexit(qemu_plugin_id_t id, void *userdata) {
   (void)id;
   (void)userdata;
   FILE *out = NULL;
-  if (g_out_path != NULL) {
+  if (g_out_path[0] != '\0') {
     out = fopen(g_out_path, "w");
     if (out == NULL) {
       qemu_plugin_outs("wincount: cannot open the out= file; reporting here\n");
@@ -204,19 +206,10 @@ static int read_line(FILE *f, char *buf, size_t size) {
 static int load_labels(const char *path) {
   FILE *f = fopen(path, "r");
   char buf[MAX_LABEL];
-  uint32_t lines = 0;
   if (f == NULL) {
     return -1;
   }
-  while (lines < MAX_WINDOWS && read_line(f, buf, sizeof(buf))) {
-    ++lines;
-  }
-  g_labels = calloc(lines > 0 ? lines : 1u, sizeof(*g_labels));
-  if (g_labels == NULL || fseek(f, 0, SEEK_SET) != 0) {
-    fclose(f);
-    return -1;
-  }
-  while (g_num_labels < lines && read_line(f, buf, sizeof(buf))) {
+  while (g_num_labels < MAX_WINDOWS && read_line(f, buf, sizeof(buf))) {
     memcpy(g_labels[g_num_labels++], buf, sizeof(buf));
   }
   fclose(f);
@@ -233,8 +226,10 @@ int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info, int argc, 
     } else if (strncmp(arg, "end=", 4) == 0) {
       bad = parse_addr(arg + 4, &g_end_addr);
     } else if (strncmp(arg, "out=", 4) == 0) {
-      g_out_path = strdup(arg + 4);
-      bad = g_out_path == NULL;
+      bad = strlen(arg + 4) >= sizeof(g_out_path);
+      if (!bad) {
+        strcpy(g_out_path, arg + 4);
+      }
     } else if (strncmp(arg, "labels=", 7) == 0) {
       bad = load_labels(arg + 7);
     } else {
