@@ -406,7 +406,7 @@ def _output_projection(m: _Matcher, core: relax.Var, heads: int, seq: int, proj:
         value = bindings.get(nxt)
         if _op_name(value) == "relax.matmul":
             break
-        if _op_name(value) not in _CHAIN_OPS and tracer._step(value) is None:
+        if _op_name(value) not in _CHAIN_OPS and tracer.layout_step(value) is None:
             raise Rejected("attention output does not reach an output projection")
         chain.append(nxt)
         current = nxt

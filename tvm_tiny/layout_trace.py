@@ -17,6 +17,7 @@ with per-tensor parameters is layout-neutral too; each pair passed is recorded a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +27,10 @@ from tvm import relax
 from .relax_compat import constant_value, is_constant, static_shape
 
 _RESHAPE_LIKE = ("relax.reshape", "relax.expand_dims", "relax.squeeze")
+
+
+Step = tuple[relax.Expr, Callable[[np.ndarray], np.ndarray], float]
+"""A layout operator undone: (its data input, the index transform it applies, scale factor)."""
 
 
 @dataclass(frozen=True)
@@ -103,7 +108,7 @@ class LayoutTracer:
                 return None
             return Traced(inner.source, inner.index, inner.scale, [*inner.through, expr,
                           pair[1].quantized], [pair[1], *inner.quant])
-        step = self._step(value) if value is not None else None
+        step = self.layout_step(value) if value is not None else None
         if step is None:
             return Traced(expr, np.arange(int(np.prod(shape, dtype=np.int64))).reshape(shape))
         inner_expr, apply, scale = step
@@ -131,7 +136,8 @@ class LayoutTracer:
         dtype = str(quantized.ty.dtype)
         return inner.args[0], QuantPoint(outer_params[0], outer_params[1], dtype, quantized)
 
-    def _step(self, value: relax.Expr):  # noqa: ANN202 - returns (expr, fn, scale) or None
+    def layout_step(self, value: relax.Expr) -> Step | None:
+        """One layout operator undone: (its data input, index transform, scale), or None."""
         if isinstance(value, relax.TupleGetItem):
             return self._tuple_item(value)
         if not isinstance(value, relax.Call) or not isinstance(value.op, tvm.ir.Op):
