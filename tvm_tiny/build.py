@@ -65,11 +65,13 @@ class CompiledGraph:
     externs: dict[str, ExternKernel] = field(default_factory=dict)
     kernel_sources: list[str] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
+    sparse_linear: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def params_bytes(self) -> int:
         """Every constant byte of the model: TIR constants plus the offloaded kernels' weights."""
-        return self.aot.params_bytes + sum(e["params_bytes"] for e in self.offloaded)
+        return (self.aot.params_bytes + sum(e["params_bytes"] for e in self.offloaded)
+                + sum(e["params_bytes"] for e in self.sparse_linear))
 
 
 def _compile(mod: tvm.IRModule, name: str, profile: Board, offload: bool,
@@ -79,17 +81,19 @@ def _compile(mod: tvm.IRModule, name: str, profile: Board, offload: bool,
     externs: dict[str, ExternKernel] = {}
     kernel_sources: list[str] = []
     rejected: list[str] = []
+    sparse: list[dict[str, Any]] = []
     if offload:
         from .offload import offload_mhsa
 
-        mod, offloaded, externs, kernel_sources, rejected = offload_mhsa(mod, name, profile,
-                                                                         tuning_log)
+        mod, offloaded, externs, kernel_sources, rejected, sparse = offload_mhsa(
+            mod, name, profile, tuning_log)
     lowered = fuse_and_plan(mod)
     prefix = f"tvmtiny_{name}"
     tir = build_tir_to_c(lowered, profile.tvm_target(), prefix)
     aot = emit_aot(tir.module["main"], name, externs, tir.tir_symbols, tir.tir_c_source,
                    alignment=DEFAULT_ALIGNMENT, arena_limit=arena_limit)
-    return CompiledGraph(aot, tir.tir_c_source, offloaded, externs, kernel_sources, rejected)
+    return CompiledGraph(aot, tir.tir_c_source, offloaded, externs, kernel_sources, rejected,
+                         sparse)
 
 
 def build(model: ModelLike, target: str = "host", offload: bool = True,
@@ -149,7 +153,7 @@ def build(model: ModelLike, target: str = "host", offload: bool = True,
         for n in needs]
     check_fit(profile, name, needs)
     # The same model with every MHSA left to TVM (layer-wise), planned by the same AOT planner.
-    layerwise = _compile(mod, name, profile, False, None).aot if offloaded else aot
+    layerwise = _compile(mod, name, profile, False, None).aot if compiled.externs else aot
     metadata["layerwise_arena_bytes"] = layerwise.arena_bytes
     metadata["layerwise_arena_usage_by_step"] = layerwise.usage_by_step
     files["metadata.json"] = metadata_json(metadata)
@@ -189,6 +193,7 @@ def _metadata(compiled: CompiledGraph, profile: Board, name: str,
                     for t in aot.outputs],
         "offloaded": compiled.offloaded,
         "not_offloaded": compiled.rejected,
+        "sparse_linear": compiled.sparse_linear,
         "steps": [{"name": s.name, "kind": s.kind} for s in aot.steps],
         "tvm_functions": [
             {"name": s.name, "workspace_bytes": s.scratch_bytes}

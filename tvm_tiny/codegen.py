@@ -15,11 +15,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import tvm
 import tvm_ffi
 
 from .cformat import c_identifier, const_array
+from .errors import CodegenError
 from .mhsa import MhsaDescriptor, describe_mhsa, offloaded_symbol
 from .mhsa_weights import (
     KernelConfig,
@@ -28,7 +30,7 @@ from .mhsa_weights import (
     scratch_bytes,
     stored_params_bytes,
 )
-from .patterns import MHSA_COMPOSITE, MHSA_S8_COMPOSITE
+from .patterns import LINEAR_SPARSE_COMPOSITE, MHSA_COMPOSITE, MHSA_S8_COMPOSITE
 
 CONST_ALIGNMENT = 16
 _PARAM_FIELDS = ("wq", "bq", "wk", "bk", "wf", "bf", "wv", "bv", "wo", "bo")
@@ -100,12 +102,15 @@ def emit_mhsa_f32(desc: MhsaDescriptor, config: KernelConfig, model: str,
                            forks)
 
 
+from .codegen_linear import describe_linear, emit_linear_sparse_f32  # noqa: E402
 from .codegen_s8 import emit_mhsa_s8  # noqa: E402 - needs GeneratedKernel defined above
 
-Emitter = Callable[[MhsaDescriptor, KernelConfig, str, str, int], GeneratedKernel]
+# (descriptor, kernel config or None, model, config source, cores) -> kernel
+Emitter = Callable[[Any, Any, str, str, int], GeneratedKernel]
 EMITTERS: dict[tuple[str, str], Emitter] = {
     (MHSA_COMPOSITE, "float32"): emit_mhsa_f32,
     (MHSA_S8_COMPOSITE, "int8"): emit_mhsa_s8,
+    (LINEAR_SPARSE_COMPOSITE, "float32"): emit_linear_sparse_f32,
 }
 """(composite, dtype) → emitter; every pattern in ``patterns.tiny_patterns`` has an entry."""
 
@@ -129,7 +134,16 @@ class CodegenOptions:
 
 def generate_kernel(func: tvm.relax.Function, options: CodegenOptions) -> GeneratedKernel:
     """Emit the C instance of one offloaded function (pure: same inputs, same bytes)."""
+    from .partition import composite_name
+
     symbol = offloaded_symbol(func)
+    composite = composite_name(func)
+    if composite == LINEAR_SPARSE_COMPOSITE:
+        linear = describe_linear(func, symbol)
+        return EMITTERS[(composite, linear.dtype)](linear, None, options.model, "n/a",
+                                                   options.cores)
+    if composite not in (MHSA_COMPOSITE, MHSA_S8_COMPOSITE):
+        raise CodegenError(f"'{symbol}': no tvm_tiny emitter for composite {composite!r}")
     desc = describe_mhsa(func, symbol)
     chosen = options.configs.get(symbol)
     if chosen is None:
@@ -137,8 +151,10 @@ def generate_kernel(func: tvm.relax.Function, options: CodegenOptions) -> Genera
     else:
         config = KernelConfig(int(chosen["rows_per_block"]), bool(chosen["fuse_qk"]))
         source = str(chosen.get("source", "options"))
-    composite = MHSA_S8_COMPOSITE if desc.dtype == "int8" else MHSA_COMPOSITE
-    emitter = EMITTERS[(composite, desc.dtype)]
+    key = (composite, desc.dtype)
+    if key not in EMITTERS:
+        raise CodegenError(f"'{symbol}': no tvm_tiny emitter for {composite} {desc.dtype}")
+    emitter = EMITTERS[key]
     return emitter(desc, config, options.model, source, options.cores)
 
 

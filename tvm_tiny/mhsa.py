@@ -164,6 +164,6 @@ def offloaded_symbol(func: relax.Function) -> str:
 
 def descriptors_of(mod: tvm.IRModule) -> list[MhsaDescriptor]:
     """Descriptors of every offloaded MHSA of a partitioned module, in call order."""
-    from .partition import offloaded_functions
+    from .partition import mhsa_functions
 
-    return [describe_mhsa(mod[gv], offloaded_symbol(mod[gv])) for gv in offloaded_functions(mod)]
+    return [describe_mhsa(mod[gv], offloaded_symbol(mod[gv])) for gv in mhsa_functions(mod)]

@@ -18,7 +18,12 @@ from .codegen import CodegenOptions, generate_kernel
 from .errors import CodegenError
 from .mhsa import offloaded_symbol
 from .mhsa_weights import MhsaShape, unfused_params_bytes
-from .partition import PartitionReport, offloaded_functions, partition_for_tiny
+from .partition import (
+    PartitionReport,
+    mhsa_functions,
+    partition_for_tiny,
+    sparse_linear_functions,
+)
 
 
 def _kernel_configs(mod: tvm.IRModule, profile: Board,
@@ -30,7 +35,7 @@ def _kernel_configs(mod: tvm.IRModule, profile: Board,
     from .tuning.task import Workload
 
     workloads = {}
-    for gv in offloaded_functions(mod):
+    for gv in mhsa_functions(mod):
         symbol = offloaded_symbol(mod[gv])
         desc = describe_mhsa(mod[gv], symbol)
         workloads[symbol] = Workload(desc.shape, desc.dtype)
@@ -49,13 +54,15 @@ def _unfused_bytes(shape: MhsaShape, dtype: str, has_biases: bool) -> int:
 
 def offload_mhsa(mod: tvm.IRModule, model: str, profile: Board, tuning_log: str | None = None
                  ) -> tuple[tvm.IRModule, list[dict[str, Any]], dict[str, ExternKernel],
-                            list[str], list[str]]:
+                            list[str], list[str], list[dict[str, Any]]]:
     """Partition ``mod`` and generate C for every offloaded MHSA (kernel configs applied from
     ``tuning_log`` and the shipped logs, see :func:`_kernel_configs`).
 
     Returns the module with offloaded calls lowered to ``call_dps_packed``, the metadata entry of
     each offloaded MHSA, the extern kernels for the AOT, the kernel library sources they need and
-    the reasons attentions that were not offloaded stayed with TVM.
+    the reasons attentions that were not offloaded stayed with TVM, and the
+    ``metadata["sparse_linear"]`` record of each pruned linear layer offloaded sparse (kept out
+    of the MHSA entries, whose keys other code reads).
     """
     report = PartitionReport()
     mod = partition_for_tiny(mod, report)
@@ -64,7 +71,7 @@ def offload_mhsa(mod: tvm.IRModule, model: str, profile: Board, tuning_log: str 
     entries: list[dict[str, Any]] = []
     externs: dict[str, ExternKernel] = {}
     library: list[str] = []
-    for gv in offloaded_functions(mod):
+    for gv in mhsa_functions(mod):
         func = mod[gv]
         kernel = generate_kernel(func, options)
         from .mhsa import describe_mhsa
@@ -94,9 +101,26 @@ def offload_mhsa(mod: tvm.IRModule, model: str, profile: Board, tuning_log: str 
             # The emulator labels each core's window per fork from this record.
             entries[-1]["cluster"] = {"cores": cores, "active_cores": min(cores, shape.heads),
                                       "forks": kernel.cluster_forks}
+    sparse = _offload_sparse_linear(mod, options, externs, library)
     mod = relax.transform.RunCodegen({"tvm_tiny": {"options": options.to_json()}})(mod)
     _check_external_modules(mod, externs)
-    return mod, entries, externs, library, report.rejected
+    return mod, entries, externs, library, report.rejected, sparse
+
+
+def _offload_sparse_linear(mod: tvm.IRModule, options: CodegenOptions,
+                           externs: dict[str, ExternKernel], library: list[str]
+                           ) -> list[dict[str, Any]]:
+    """Generate every ``tvm_tiny.linear_sparse`` kernel; their metadata records."""
+    from .codegen_linear import describe_linear, metadata_entry
+
+    records = []
+    for gv in sparse_linear_functions(mod):
+        kernel = generate_kernel(mod[gv], options)
+        externs[kernel.symbol] = ExternKernel(kernel.symbol, kernel.c_function,
+                                              kernel.scratch_bytes, kernel.source)
+        library.extend(s for s in kernel.library_sources if s not in library)
+        records.append(metadata_entry(describe_linear(mod[gv], kernel.symbol), kernel))
+    return records
 
 
 def layerwise_peak_bytes(func: relax.Function, model: str, profile: Board) -> int:

@@ -8,7 +8,7 @@ import tvm
 from tvm import relax
 
 from .canonicalize import CanonicalizeSelfAttention
-from .patterns import tiny_patterns
+from .patterns import LINEAR_SPARSE_COMPOSITE, MHSA_COMPOSITES, tiny_patterns
 from .qdq import QuantizedConstants
 
 CODEGEN_NAME = "tvm_tiny"
@@ -62,12 +62,13 @@ def partition_for_tiny(mod: tvm.IRModule, report: PartitionReport | None = None)
     )(mod)
     mod, names = _rename_offloaded(mod)
     rejected = list(canonicalize.rejections)
-    if len(names) != len(canonicalize.approved):
+    mhsa_names = [gv.name_hint for gv in mhsa_functions(mod)]
+    if len(mhsa_names) != len(canonicalize.approved):
         # A canonicalized region no pattern claimed would run as the canonical chain, whose
         # rounding can differ from the exported graph's: keep the model as it was instead.
         rejected.append(
             f"internal: {len(canonicalize.approved)} attention(s) canonicalized but "
-            f"{len(names)} matched by the tvm_tiny patterns; the whole model is left to TVM")
+            f"{len(mhsa_names)} matched by the tvm_tiny patterns; the whole model is left to TVM")
         mod, names = original, []
     if report is not None:
         report.offloaded.extend(names)
@@ -90,6 +91,34 @@ def offloaded_functions(mod: tvm.IRModule) -> list[tvm.ir.GlobalVar]:
     return sorted(marked, key=lambda gv: (order.get(gv.name_hint, len(order)), gv.name_hint))
 
 
+def composite_name(func: relax.Function) -> str | None:
+    """The ``Composite`` attribute of the function an offloaded wrapper holds (or of ``func``)."""
+    if func.attrs is not None and func.attrs.get("Composite") is not None:
+        return str(func.attrs["Composite"])
+    for block in func.body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            if isinstance(value, relax.Function):
+                return composite_name(value)
+            if isinstance(value, relax.Call) and isinstance(value.op, relax.Function):
+                return composite_name(value.op)
+    return None
+
+
+def mhsa_functions(mod: tvm.IRModule) -> list[tvm.ir.GlobalVar]:
+    """The offloaded functions holding an MHSA composite (float or int8), in call order."""
+    return [gv for gv in offloaded_functions(mod) if composite_name(mod[gv]) in MHSA_COMPOSITES]
+
+
+def sparse_linear_functions(mod: tvm.IRModule) -> list[tvm.ir.GlobalVar]:
+    """The offloaded functions holding a ``tvm_tiny.linear_sparse`` composite, in call order."""
+    return [gv for gv in offloaded_functions(mod)
+            if composite_name(mod[gv]) == LINEAR_SPARSE_COMPOSITE]
+
+
+_SHORT_NAMES = {LINEAR_SPARSE_COMPOSITE: "tvm_tiny_linear"}
+
+
 def _rename_offloaded(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[str]]:
     """Give offloaded functions short, readable names (``tvm_tiny_mhsa_0`` …): they become C
     symbols, and the pattern-derived names are hundreds of characters long."""
@@ -98,8 +127,11 @@ def _rename_offloaded(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[str]]:
         return mod, []
     builder = relax.BlockBuilder()
     mapping = {}
-    for i, gv in enumerate(old):
-        name = f"tvm_tiny_mhsa_{i}"
+    counters: dict[str, int] = {}
+    for gv in old:
+        prefix = _SHORT_NAMES.get(composite_name(mod[gv]) or "", "tvm_tiny_mhsa")
+        i = counters[prefix] = counters.get(prefix, -1) + 1
+        name = f"{prefix}_{i}"
         mapping[gv] = builder.add_func(mod[gv].with_attr("global_symbol", name), name)
 
     @relax.expr_functor.mutator

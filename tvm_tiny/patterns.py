@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
+import numpy as np
 from tvm.relax import Expr
 from tvm.relax.backend.pattern_registry import register_patterns
 from tvm.relax.backend.utils import has_leaking_intermediate_variables
@@ -19,6 +20,8 @@ from tvm.relax.transform import FusionPattern, PatternCheckContext
 
 MHSA_COMPOSITE = "tvm_tiny.mhsa"
 MHSA_S8_COMPOSITE = "tvm_tiny.mhsa_s8"
+LINEAR_SPARSE_COMPOSITE = "tvm_tiny.linear_sparse"
+MHSA_COMPOSITES = (MHSA_COMPOSITE, MHSA_S8_COMPOSITE)
 
 
 def _projection(data: DFPattern) -> tuple[DFPattern, DFPattern, DFPattern]:
@@ -125,21 +128,75 @@ def _check_mhsa_s8(context: PatternCheckContext,
     return is_approved is None or is_approved(context.annotated_expr["scale"])
 
 
+def make_linear_sparse_pattern() -> tuple[DFPattern, dict[str, DFPattern]]:
+    """``add(matmul(x, W const [K, N]), b const [N]) | matmul(x, W)`` (annotations ``root``,
+    ``x``, ``w``, ``b``, ``matmul``)."""
+    x = wildcard()
+    root, weight, bias = _projection(x)
+    annotations = {"root": root, "x": x, "w": weight, "b": bias}
+    return root, annotations
+
+
+def sparse_stored_bytes(nnz: int, k: int, n: int) -> int:
+    """Bytes of the CSR-by-output-column weights (``tt_linear_f32_csr``): float values,
+    column (input ``k``) indices (uint16 when ``K`` < 65536, else int32), int32 row pointers."""
+    index_bytes = 2 if k < 65536 else 4
+    return 4 * nnz + index_bytes * nnz + 4 * (n + 1)
+
+
+def _check_linear_sparse(context: PatternCheckContext) -> bool:
+    """Offload a float32 linear layer only when its pruned weight is smaller stored sparse.
+
+    Dense weights never match, so models without pruned layers are unaffected. Not gated by the
+    canonicalizer's approval (that is for MHSA regions); MHSA regions are claimed first because
+    their patterns come earlier in ``tiny_patterns``.
+    """
+    from .relax_compat import constant_value, is_constant, static_shape
+
+    if has_leaking_intermediate_variables(context):
+        return False
+    x, w = context.annotated_expr["x"], context.annotated_expr["w"]
+    b = context.annotated_expr.get("b")
+    x_shape, w_shape = static_shape(x), static_shape(w)
+    if x_shape is None or w_shape is None or len(x_shape) < 1 or len(w_shape) != 2:
+        return False
+    if str(x.ty.dtype) != "float32" or str(w.ty.dtype) != "float32":
+        return False
+    k, n = w_shape
+    if x_shape[-1] != k or k < 1 or n < 1:
+        return False
+    if b is not None and (not is_constant(b) or str(b.ty.dtype) != "float32"
+                          or static_shape(b) != (n,)):
+        return False  # a broadcast [.., N] bias is not a per-output bias
+    if not is_constant(w):
+        return False
+    weights = constant_value(w)
+    if not np.all(np.isfinite(weights)):
+        return False
+    nnz = int(np.count_nonzero(weights))
+    return sparse_stored_bytes(nnz, k, n) < 4 * k * n
+
+
 def tiny_patterns(is_approved: Callable[[Expr], bool] | None = None) -> list[FusionPattern]:
     """All tvm_tiny patterns, highest priority first (pure: builds, registers nothing).
 
-    ``is_approved(scale_constant)`` restricts the MHSA pattern to regions the canonicalizer
-    proved; ``partition_for_tiny`` passes it. Without it only the structural checks apply.
+    ``is_approved(scale_constant)`` restricts the MHSA patterns to regions the canonicalizer
+    proved; ``partition_for_tiny`` passes it. The sparse linear pattern does not use it: it
+    matches by the sparsity of its constant weight alone. Without ``is_approved`` only the
+    structural checks apply.
     """
     check = functools.partial(_check_mhsa, is_approved=is_approved)
     mhsa_s8, s8_annotations = make_mhsa_s8_pattern()
     mhsa, annotations = make_mhsa_pattern()
+    linear, linear_annotations = make_linear_sparse_pattern()
     # The int8 chain contains the float chain's ops plus Q/DQ; it is listed first so a QDQ
     # region is claimed whole by the int8 pattern.
     return [
         FusionPattern(MHSA_S8_COMPOSITE, mhsa_s8, s8_annotations, functools.partial(
             _check_mhsa_s8, is_approved=is_approved)),
         FusionPattern(MHSA_COMPOSITE, mhsa, annotations, check),
+        # After the MHSA patterns: their projections are claimed by the MHSA regions first.
+        FusionPattern(LINEAR_SPARSE_COMPOSITE, linear, linear_annotations, _check_linear_sparse),
     ]
 
 

@@ -122,13 +122,13 @@ def extract_tasks(model: Any, target: str) -> list[TuningTask]:
     """
     from ..frontend import to_relax
     from ..mhsa import describe_mhsa, offloaded_symbol
-    from ..partition import offloaded_functions, partition_for_tiny
+    from ..partition import mhsa_functions, partition_for_tiny
 
     board = get_board(target)
     mod, _ = to_relax(model)
     mod = partition_for_tiny(mod)
     tasks: dict[Workload, TuningTask] = {}
-    for gv in offloaded_functions(mod):
+    for gv in mhsa_functions(mod):
         symbol = offloaded_symbol(mod[gv])
         desc = describe_mhsa(mod[gv], symbol)
         if desc.dtype not in TASK_NAMES:

@@ -1,0 +1,109 @@
+/**
+ * @file tt_linear_f32_csr.c
+ * @brief Sparse float32 linear layer, CSR by output column (see tt_linear.h).
+ */
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tt_linear.h"
+
+static int overlaps(const void *a, int64_t a_bytes, const void *b, int64_t b_bytes) {
+  const uintptr_t a0 = (uintptr_t)a;
+  const uintptr_t b0 = (uintptr_t)b;
+  return a0 < b0 + (uintptr_t)b_bytes && b0 < a0 + (uintptr_t)a_bytes;
+}
+
+static tt_status check_args(const tt_linear_dims *dims, const tt_linear_f32_csr_params *p,
+                            const float *x, const float *y) {
+  if (dims == NULL || p == NULL || x == NULL || y == NULL || p->col_ptr == NULL) {
+    return TT_ARG_ERROR;
+  }
+  const int32_t R = dims->rows;
+  const int32_t K = dims->in_features;
+  const int32_t N = dims->out_features;
+  if (R < 1 || K < 1 || N < 1 || p->nnz < 0) {
+    return TT_ARG_ERROR;
+  }
+  const int64_t x_bytes = (int64_t)R * K * (int64_t)sizeof(float);
+  const int64_t y_bytes = (int64_t)R * N * (int64_t)sizeof(float);
+  if (x_bytes > INT32_MAX || y_bytes > INT32_MAX) {
+    return TT_ARG_ERROR;
+  }
+  if (p->nnz > 0) {
+    const int one_index = (p->k_idx16 != NULL) != (p->k_idx32 != NULL);
+    if (p->values == NULL || !one_index || (p->k_idx16 != NULL && K > 65535)) {
+      return TT_ARG_ERROR;
+    }
+  }
+  if (p->col_ptr[0] != 0 || p->col_ptr[N] != p->nnz) {
+    return TT_ARG_ERROR;
+  }
+  for (int32_t n = 0; n < N; ++n) {
+    if (p->col_ptr[n + 1] < p->col_ptr[n]) {
+      return TT_ARG_ERROR;
+    }
+  }
+  if (overlaps(x, x_bytes, y, y_bytes)) {
+    return TT_ARG_ERROR;
+  }
+  return TT_OK;
+}
+
+static void rows_idx16(const tt_linear_dims *dims, const tt_linear_f32_csr_params *p,
+                       const float *x, float *y) {
+  const int32_t K = dims->in_features;
+  const int32_t N = dims->out_features;
+  const int32_t *col_ptr = p->col_ptr;
+  const uint16_t *k_idx = p->k_idx16;
+  const float *values = p->values;
+  for (int32_t r = 0; r < dims->rows; ++r) {
+    const float *x_row = x + (int64_t)r * K;
+    float *y_row = y + (int64_t)r * N;
+    int32_t j = col_ptr[0];
+    for (int32_t n = 0; n < N; ++n) {
+      const int32_t end = col_ptr[n + 1];
+      float acc = 0.0f;
+      for (; j < end; ++j) {
+        acc += values[j] * x_row[k_idx[j]];
+      }
+      y_row[n] = p->bias != NULL ? acc + p->bias[n] : acc;
+    }
+  }
+}
+
+static void rows_idx32(const tt_linear_dims *dims, const tt_linear_f32_csr_params *p,
+                       const float *x, float *y) {
+  const int32_t K = dims->in_features;
+  const int32_t N = dims->out_features;
+  const int32_t *col_ptr = p->col_ptr;
+  const int32_t *k_idx = p->k_idx32;
+  const float *values = p->values;
+  for (int32_t r = 0; r < dims->rows; ++r) {
+    const float *x_row = x + (int64_t)r * K;
+    float *y_row = y + (int64_t)r * N;
+    int32_t j = col_ptr[0];
+    for (int32_t n = 0; n < N; ++n) {
+      const int32_t end = col_ptr[n + 1];
+      float acc = 0.0f;
+      for (; j < end; ++j) {
+        acc += values[j] * x_row[k_idx[j]];
+      }
+      y_row[n] = p->bias != NULL ? acc + p->bias[n] : acc;
+    }
+  }
+}
+
+tt_status tt_linear_f32_csr(const tt_linear_dims *dims, const tt_linear_f32_csr_params *p,
+                            const float *x, float *y) {
+  const tt_status status = check_args(dims, p, x, y);
+  if (status != TT_OK) {
+    return status;
+  }
+  if (p->k_idx32 != NULL) {
+    rows_idx32(dims, p, x, y);
+  } else {
+    /* nnz == 0 with both index arrays NULL: the loops read no index. */
+    rows_idx16(dims, p, x, y);
+  }
+  return TT_OK;
+}

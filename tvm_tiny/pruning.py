@@ -1,0 +1,43 @@
+"""Magnitude pruning of ONNX weights (numpy) and the pruned-FFN encoder the sparse tests and
+``benchmarks/sparse.py`` use (issue #8: sparse linear layers outside attention)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .models import encoder_helper
+
+
+def magnitude_prune(weight: np.ndarray, sparsity: float) -> np.ndarray:
+    """A copy of ``weight`` with the ``round(sparsity * size)`` smallest-magnitude entries set
+    to zero (ties broken by position, so the result is deterministic)."""
+    if not 0.0 <= sparsity <= 1.0:
+        raise ValueError(f"sparsity {sparsity} is not in [0, 1]")
+    out = np.array(weight, dtype=weight.dtype, copy=True)
+    count = int(round(sparsity * out.size))
+    if count:
+        order = np.argsort(np.abs(out), axis=None, kind="stable")[:count]
+        out.flat[order] = 0
+    return out
+
+
+def prune_initializers(model: onnx.ModelProto, sparsity: float, contains: str = "ffn",
+                       suffix: str = ".weight") -> onnx.ModelProto:
+    """A copy of ``model`` whose initializers named ``*<contains>*<suffix>`` are pruned."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for init in model.graph.initializer:
+        if contains in init.name and init.name.endswith(suffix):
+            pruned = magnitude_prune(numpy_helper.to_array(init), sparsity)
+            init.CopyFrom(numpy_helper.from_array(pruned, init.name))
+    return model
+
+
+def pruned_ffn_encoder(sparsity: float, seq: int = 16, embed: int = 32, heads: int = 4,
+                       ffn: int | None = None, layers: int = 1, seed: int = 0) -> onnx.ModelProto:
+    """``models.encoder_helper`` (MHSA + ReLU FFN) with its FFN weights magnitude-pruned; the
+    attention weights stay dense."""
+    model = encoder_helper(seq, embed, heads, layers=layers, ffn=ffn, activation="relu",
+                           seed=seed)
+    return prune_initializers(model, sparsity)
