@@ -177,6 +177,18 @@ def _stm32_flash(size: int) -> Memory:
                   "embedded flash (the MPS2 machines boot from address 0)")
 
 
+# The Cortex-M4F core shared by STM32L4 and the MPS2 AN386 board QEMU emulates for it.
+_CORTEX_M4: dict[str, Any] = {
+    "cores": (Core("cortex-m4", Isa.ARMV7EM),),
+    "tvm_target_attrs": (("kind", "c"), ("mcpu", "cortex-m4")),
+    "simd": frozenset({SimdFeature.ARM_DSP, SimdFeature.FPU_SP}),
+}
+_CORTEX_M4_TOOLS: dict[str, Any] = {
+    "toolchain": Toolchain("arm-none-eabi-", _ARM, (
+        "-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16")),
+    "emulator": Emulator("qemu-system-arm", "mps2-an386", "qemu-system-arm"),
+}
+
 HOST = Board(
     name="host",
     description="the build machine (gcc, x86-64), run through ctypes",
@@ -187,9 +199,7 @@ HOST = Board(
 STM32L4 = Board(
     name="stm32l4",
     description="STM32L4 (e.g. L476): Cortex-M4F with DSP, 96+32 KiB SRAM, 1 MiB flash",
-    cores=(Core("cortex-m4", Isa.ARMV7EM),),
-    tvm_target_attrs=(("kind", "c"), ("mcpu", "cortex-m4")),
-    simd=frozenset({SimdFeature.ARM_DSP, SimdFeature.FPU_SP}),
+    **_CORTEX_M4,
     memories=(
         _stm32_flash(1 * MIB),
         Memory("SRAM1", MemoryKind.RAM, 0x2000_0000, 96 * KIB, 0x2000_0000),
@@ -198,9 +208,7 @@ STM32L4 = Board(
         Memory("SRAM2", MemoryKind.RAM, 0x1000_0000, 32 * KIB, 0x2001_8000),
     ),
     placement=Placement(code="FLASH", data="SRAM1", stack="SRAM2", stack_bytes=_STACK),
-    toolchain=Toolchain("arm-none-eabi-", _ARM, (
-        "-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16")),
-    emulator=Emulator("qemu-system-arm", "mps2-an386", "qemu-system-arm"),
+    **_CORTEX_M4_TOOLS,
 )
 
 MPS2_AN386 = Board(
@@ -208,18 +216,14 @@ MPS2_AN386 = Board(
     description="Arm MPS2+ FPGA board with the AN386 Cortex-M4 image (the machine QEMU emulates "
                 "for stm32l4): 4 MiB code SSRAM, 4 MiB data SSRAM; for baselines too large for "
                 "a real STM32 part",
-    cores=(Core("cortex-m4", Isa.ARMV7EM),),
-    tvm_target_attrs=(("kind", "c"), ("mcpu", "cortex-m4")),
-    simd=frozenset({SimdFeature.ARM_DSP, SimdFeature.FPU_SP}),
+    **_CORTEX_M4,
     memories=(
         Memory("SSRAM1", MemoryKind.FLASH, 0x0000_0000, 4 * MIB, 0x0000_0000,
                "code SSRAM (holds code and constants as flash would)"),
         Memory("SSRAM23", MemoryKind.RAM, 0x2000_0000, 4 * MIB, 0x2000_0000, "data SSRAM"),
     ),
     placement=Placement(code="SSRAM1", data="SSRAM23", stack="SSRAM23", stack_bytes=_STACK),
-    toolchain=Toolchain("arm-none-eabi-", _ARM, (
-        "-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16")),
-    emulator=Emulator("qemu-system-arm", "mps2-an386", "qemu-system-arm"),
+    **_CORTEX_M4_TOOLS,
 )
 
 STM32H7 = Board(

@@ -117,8 +117,9 @@ class Window:
     instructions: int
 
 
-_WINDOW = re.compile(r"wincount: window (\d+) depth (\d+) (?:instructions (\d+)|unclosed) "
-                     r"label (.*)$")
+WINDOW_LINE = re.compile(r"wincount: window (\d+) depth (\d+) (?:instructions (\d+)|unclosed) "
+                         r"label (.*)$")
+"""One line of the wincount plugin's report (window index, depth, instructions or unclosed)."""
 _TOTAL = re.compile(r"wincount: total (\d+) windows (\d+) dropped (\d+) unbalanced (\d+)")
 
 
@@ -127,7 +128,7 @@ def parse_windows(report: str) -> list[Window]:
     windows: list[Window] = []
     total = None
     for line in report.splitlines():
-        if m := _WINDOW.match(line):
+        if m := WINDOW_LINE.match(line):
             if m.group(3) is None:
                 raise ToolchainError(f"instruction window {m.group(1)} ({m.group(4)}) never "
                                      "closed: the firmware stopped inside it")
@@ -219,12 +220,15 @@ class _Emulated:
     console: str  # what the firmware printed
 
 
-def run_qemu(board: Board, elf: Path, symbols: dict[str, int], labels: Path, run_dir: Path
-             ) -> tuple[subprocess.CompletedProcess, str, Path]:
+def run_qemu(board: Board, elf: Path, symbols: dict[str, int], labels: Path, run_dir: Path,
+             timeout_s: float = QEMU_TIMEOUT_S, keep_partial_on_timeout: bool = False
+             ) -> tuple[int | None, str, Path]:
     """Run ``elf`` in the board's QEMU with our instruction-window plugin, in ``run_dir``.
 
-    Returns the process, the console (QEMU prints the firmware's semihosting stdout on its
-    stderr) and the path of the window report.
+    Returns the exit code, the console (QEMU prints the firmware's semihosting stdout on its
+    stderr) and the path of the window report. On a timeout it raises, unless
+    ``keep_partial_on_timeout``: then the exit code is None and the console is what the
+    firmware printed before it was killed (the tuner keeps the configs that finished).
     """
     plugin = wincount_plugin(board.emulator.binary)
     report = run_dir / "windows.txt"
@@ -236,11 +240,21 @@ def run_qemu(board: Board, elf: Path, symbols: dict[str, int], labels: Path, run
                f"end={symbols['tt_window_end']:#x},labels={labels},out={report}"]
     try:
         proc = subprocess.run(command, cwd=run_dir, capture_output=True, text=True,
-                              timeout=QEMU_TIMEOUT_S, check=False)
+                              timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired as err:
-        raise ToolchainError(f"{board.emulator.binary} did not finish within "
-                             f"{QEMU_TIMEOUT_S} s", command) from err
-    return proc, proc.stdout + proc.stderr, report
+        if not keep_partial_on_timeout:
+            raise ToolchainError(f"{board.emulator.binary} did not finish within "
+                                 f"{timeout_s} s", command) from err
+        console = "".join(part.decode(errors="replace") if isinstance(part, bytes) else part
+                          for part in (err.stdout or "", err.stderr or ""))
+        return None, console, report
+    return proc.returncode, proc.stdout + proc.stderr, report
+
+
+def symbols_of(board: Board, elf: Path) -> dict[str, int]:
+    """Symbol addresses of a firmware (``nm`` of the board's toolchain)."""
+    assert board.toolchain is not None
+    return _symbols(require_tool(board.toolchain.nm, board.toolchain.debian_packages), elf)
 
 
 def _emulate(lib: TinyModule, board: Board, directory: Path, elf: str, labels: str,
@@ -252,15 +266,15 @@ def _emulate(lib: TinyModule, board: Board, directory: Path, elf: str, labels: s
         run_dir = Path(run)
         for i, array in enumerate(arrays):
             (run_dir / f"input{i}.bin").write_bytes(array.tobytes())
-        proc, console, report = run_qemu(board, elf_path, symbols, directory / labels, run_dir)
-        if proc.returncode == 1:
+        code, console, report = run_qemu(board, elf_path, symbols, directory / labels, run_dir)
+        if code == 1:
             detail = re.search(r"tvm_tiny: error: (.*)", console)
             raise RunError(f"model '{lib.name}' failed on {board.name}: "
                            f"{detail.group(1) if detail else console.strip()}")
-        if proc.returncode != 0:
-            meaning = _EXIT_MEANING.get(proc.returncode, "the emulator failed")
-            raise ToolchainError(f"{board.emulator.binary} exited with {proc.returncode}: "
-                                 f"{meaning}", list(proc.args), console)
+        if code != 0:
+            meaning = _EXIT_MEANING.get(code, "the emulator failed")
+            raise ToolchainError(f"{board.emulator.binary} exited with {code}: {meaning}",
+                                 [board.emulator.binary, str(elf_path)], console)
         outputs = [np.fromfile(run_dir / f"output{i}.bin", dtype=t.dtype).reshape(t.shape)
                    for i, t in enumerate(lib.outputs)]
         windows = parse_windows(report.read_text() if report.exists() else console)

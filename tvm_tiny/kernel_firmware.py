@@ -30,6 +30,7 @@ from .emulator import (
     parse_memory_usage,
     parse_windows,
     run_qemu,
+    symbols_of,
 )
 from .errors import ToolchainError
 from .project import linker_script
@@ -108,27 +109,18 @@ class KernelRun:
     memory: dict[str, tuple[int, int]]  # linker region -> (bytes used, bytes available)
 
 
-def _symbols(nm: str, elf: Path) -> dict[str, int]:
-    table = {}
-    for line in run_tool([nm, str(elf)], f"nm of {elf.name}").splitlines():
-        parts = line.split()
-        if len(parts) == 3:
-            table[parts[2]] = int(parts[0], 16)
-    return table
-
-
 def run_kernel_firmware(board: Board, elf: Path, labels: Sequence[str]) -> KernelRun:
     """Run ``elf`` in ``board``'s emulator with the wincount plugin; ``labels`` name the
     windows in the order they open. A non-zero exit of the firmware raises ToolchainError."""
     assert board.emulator is not None and board.toolchain is not None
-    symbols = _symbols(require_tool(board.toolchain.nm, board.toolchain.debian_packages), elf)
+    symbols = symbols_of(board, elf)
     with tempfile.TemporaryDirectory(prefix="tvm_tiny_kfw_") as run:
         run_dir = Path(run)
         (run_dir / "labels.txt").write_text("".join(f"{label}\n" for label in labels))
-        proc, console, report = run_qemu(board, elf, symbols, run_dir / "labels.txt", run_dir)
-        if proc.returncode != 0:
-            raise ToolchainError(f"kernel firmware exited with {proc.returncode}",
-                                 list(proc.args), console)
+        code, console, report = run_qemu(board, elf, symbols, run_dir / "labels.txt", run_dir)
+        if code != 0:
+            raise ToolchainError(f"kernel firmware exited with {code}",
+                                 [board.emulator.binary, str(elf)], console)
         windows = parse_windows(report.read_text() if report.exists() else console)
         files = {p.name: p.read_bytes() for p in run_dir.iterdir()
                  if p.name not in ("labels.txt", "windows.txt")}

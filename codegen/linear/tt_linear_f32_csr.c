@@ -49,49 +49,33 @@ static tt_status check_args(const tt_linear_dims *dims, const tt_linear_f32_csr_
   return TT_OK;
 }
 
-static void rows_idx16(const tt_linear_dims *dims, const tt_linear_f32_csr_params *p,
-                       const float *x, float *y) {
-  const int32_t K = dims->in_features;
-  const int32_t N = dims->out_features;
-  const int32_t *col_ptr = p->col_ptr;
-  const uint16_t *k_idx = p->k_idx16;
-  const float *values = p->values;
-  for (int32_t r = 0; r < dims->rows; ++r) {
-    const float *x_row = x + (int64_t)r * K;
-    float *y_row = y + (int64_t)r * N;
-    int32_t j = col_ptr[0];
-    for (int32_t n = 0; n < N; ++n) {
-      const int32_t end = col_ptr[n + 1];
-      float acc = 0.0f;
-      for (; j < end; ++j) {
-        acc += values[j] * x_row[k_idx[j]];
-      }
-      y_row[n] = p->bias != NULL ? acc + p->bias[n] : acc;
-    }
+/* One loop body, instantiated for each column-index type (16-bit when K < 65536): a runtime
+ * switch inside the MAC loop would cost instructions per nonzero on the M4. */
+#define TT_LINEAR_CSR_ROWS(NAME, INDEX_T, INDEX_FIELD)                                        \
+  static void NAME(const tt_linear_dims *dims, const tt_linear_f32_csr_params *p,           \
+                   const float *x, float *y) {                                                \
+    const int32_t K = dims->in_features;                                                      \
+    const int32_t N = dims->out_features;                                                     \
+    const int32_t *col_ptr = p->col_ptr;                                                      \
+    const INDEX_T *k_idx = p->INDEX_FIELD;                                                    \
+    const float *values = p->values;                                                          \
+    for (int32_t r = 0; r < dims->rows; ++r) {                                                \
+      const float *x_row = x + (int64_t)r * K;                                                \
+      float *y_row = y + (int64_t)r * N;                                                      \
+      int32_t j = col_ptr[0];                                                                 \
+      for (int32_t n = 0; n < N; ++n) {                                                       \
+        const int32_t end = col_ptr[n + 1];                                                   \
+        float acc = 0.0f;                                                                     \
+        for (; j < end; ++j) {                                                                \
+          acc += values[j] * x_row[k_idx[j]];                                                 \
+        }                                                                                     \
+        y_row[n] = p->bias != NULL ? acc + p->bias[n] : acc;                                  \
+      }                                                                                       \
+    }                                                                                         \
   }
-}
 
-static void rows_idx32(const tt_linear_dims *dims, const tt_linear_f32_csr_params *p,
-                       const float *x, float *y) {
-  const int32_t K = dims->in_features;
-  const int32_t N = dims->out_features;
-  const int32_t *col_ptr = p->col_ptr;
-  const int32_t *k_idx = p->k_idx32;
-  const float *values = p->values;
-  for (int32_t r = 0; r < dims->rows; ++r) {
-    const float *x_row = x + (int64_t)r * K;
-    float *y_row = y + (int64_t)r * N;
-    int32_t j = col_ptr[0];
-    for (int32_t n = 0; n < N; ++n) {
-      const int32_t end = col_ptr[n + 1];
-      float acc = 0.0f;
-      for (; j < end; ++j) {
-        acc += values[j] * x_row[k_idx[j]];
-      }
-      y_row[n] = p->bias != NULL ? acc + p->bias[n] : acc;
-    }
-  }
-}
+TT_LINEAR_CSR_ROWS(rows_idx16, uint16_t, k_idx16)
+TT_LINEAR_CSR_ROWS(rows_idx32, int32_t, k_idx32)
 
 tt_status tt_linear_f32_csr(const tt_linear_dims *dims, const tt_linear_f32_csr_params *p,
                             const float *x, float *y) {

@@ -28,8 +28,6 @@ from .task import TuningTask
 PARALLEL_COMPILES = 2
 
 _STATUS = re.compile(r"tt_tune: config (\d+) status (-?\d+)")
-_WINDOW = re.compile(r"wincount: window (\d+) depth (\d+) (?:instructions (\d+)|unclosed) "
-                     r"label (.*)$")
 
 
 _MAIN_C = """\
@@ -233,44 +231,26 @@ class EmulatedRun:
 
 
 def emulate(board: Board, directory: Path, x: np.ndarray, timeout_s: float) -> EmulatedRun:
-    from ..emulator import wincount_plugin
-    from ..toolchain import run_tool
+    from ..emulator import WINDOW_LINE, run_qemu, symbols_of
 
     assert board.emulator is not None and board.toolchain is not None
-    plugin = wincount_plugin(board.emulator.binary)
     elf = directory / "tune.elf"
-    symbols = {}
-    for line in run_tool([board.toolchain.nm, str(elf)], "nm of tune.elf").splitlines():
-        parts = line.split()
-        if len(parts) == 3:
-            symbols[parts[2]] = int(parts[0], 16)
     run_dir = directory / "run"
     run_dir.mkdir(exist_ok=True)
     (run_dir / "x.bin").write_bytes(x.tobytes())
-    report = run_dir / "windows.txt"
-    command = [*board.emulator.argv(), "-kernel", str(elf), "-plugin",
-               f"{plugin},begin={symbols['tt_window_begin']:#x},"
-               f"end={symbols['tt_window_end']:#x},labels={directory / 'labels.txt'},"
-               f"out={report}"]
+    code, console, report = run_qemu(board, elf, symbols_of(board, elf),
+                                     directory / "labels.txt", run_dir, timeout_s,
+                                     keep_partial_on_timeout=True)
     failure = None
-    console = ""
-    try:
-        proc = subprocess.run(command, cwd=run_dir, capture_output=True, text=True,
-                              timeout=timeout_s, check=False)
-        console = proc.stdout + proc.stderr
-        if proc.returncode != 0:
-            failure = f"firmware exited with {proc.returncode}: {console.strip()[-500:]}"
-    except subprocess.TimeoutExpired as err:
-        # What the firmware printed before it was killed (QEMU prints the semihosting console
-        # on its stderr): the status lines of the instances that finished.
-        console = "".join(part.decode(errors="replace") if isinstance(part, bytes) else part
-                          for part in (err.stdout or "", err.stderr or ""))
+    if code is None:
         failure = f"timeout after {timeout_s} s"
+    elif code != 0:
+        failure = f"firmware exited with {code}: {console.strip()[-500:]}"
     statuses = {int(m.group(1)): int(m.group(2)) for m in _STATUS.finditer(console)}
     windows = []
     if report.exists():
         for line in report.read_text().splitlines():
-            if m := _WINDOW.match(line):
+            if m := WINDOW_LINE.match(line):
                 windows.append((int(m.group(2)), int(m.group(3)) if m.group(3) else None))
     return EmulatedRun(statuses, windows, failure)
 
