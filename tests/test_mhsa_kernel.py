@@ -22,15 +22,19 @@ from hypothesis import strategies as st
 
 from tvm_tiny.mhsa_weights import (
     FLOAT32_BYTES,
+    SPARSE_FIELDS,
     KernelConfig,
     MhsaShape,
     MhsaWeights,
     arrange_f32,
     reference_mhsa_f32,
     scratch_bytes,
+    stored_arrays_f32,
     stored_params_bytes,
     unfused_params_bytes,
 )
+from tvm_tiny.pruning import magnitude_prune
+from tvm_tiny.sparse_format import CsrMatrix, smaller_sparse
 
 REPO = Path(__file__).resolve().parents[1]
 KERNEL_C = REPO / "codegen" / "mhsa" / "tt_mhsa_f32.c"
@@ -66,7 +70,26 @@ class Config(ctypes.Structure):
 
 
 class Params(ctypes.Structure):
-    _fields_ = [(name, FLOAT_P) for name in PARAM_FIELDS] + [("scale", ctypes.c_float)]
+    _fields_ = [(name, FLOAT_P) for name in PARAM_FIELDS] + [("scale", ctypes.c_float),
+                                                             ("sparse", ctypes.c_void_p)]
+
+
+class Csr(ctypes.Structure):
+    _fields_ = [("row_ptr", ctypes.c_void_p), ("col_idx", ctypes.c_void_p),
+                ("values", ctypes.c_void_p)]
+
+
+class Sparse(ctypes.Structure):
+    _fields_ = [(name, Csr) for name in SPARSE_FIELDS]
+
+
+def _sparse_struct(compressed: dict[str, CsrMatrix]) -> Sparse:
+    sparse = Sparse()
+    for name, m in compressed.items():
+        setattr(sparse, name, Csr(m.row_ptr.ctypes.data,
+                                  m.col_idx.ctypes.data if m.nnz else None,
+                                  m.values.ctypes.data if m.nnz else None))
+    return sparse
 
 
 def _float_p(array: np.ndarray) -> ctypes._Pointer:
@@ -85,7 +108,7 @@ class Call:
     y: np.ndarray
     scratch: np.ndarray
     scratch_bytes: int
-    keep_alive: list[np.ndarray]
+    keep_alive: list[object]
     x_p: ctypes._Pointer | None = None
     y_p: ctypes._Pointer | None = None
     scratch_p: ctypes._Pointer | None = None
@@ -129,11 +152,18 @@ class Kernel:
         x: np.ndarray,
         extra_scratch_bytes: int = 0,
     ) -> Call:
-        """All arguments of a valid call; scratch sized by the Python formula."""
-        arrays = arrange_f32(weights, shape, config)
+        """All arguments of a valid call; scratch sized by the Python formula. Pruned
+        matrices are passed row-compressed when ``config.sparse`` (as the code generator
+        emits them)."""
+        arrays, compressed = stored_arrays_f32(weights, shape, config)
         params = Params(scale=weights.scale)
         for name, array in arrays.items():
             setattr(params, name, _float_p(array))
+        keep: list[object] = [*arrays.values(), *compressed.values()]
+        if compressed:
+            sparse = _sparse_struct(compressed)
+            params.sparse = ctypes.addressof(sparse)
+            keep.append(sparse)
         nbytes = scratch_bytes(shape, config)
         total = nbytes + extra_scratch_bytes
         scratch = np.zeros((total + FLOAT32_BYTES - 1) // FLOAT32_BYTES, dtype=np.float32)
@@ -145,7 +175,7 @@ class Kernel:
             y=np.zeros((shape.seq, shape.out_features), dtype=np.float32),
             scratch=scratch,
             scratch_bytes=nbytes,
-            keep_alive=list(arrays.values()),
+            keep_alive=keep,
         )
 
     def call(self, c: Call) -> int:
@@ -254,6 +284,116 @@ def test_fused_and_unfused_agree(kernel: Kernel, case: tuple) -> None:
     unfused = kernel.run(shape, replace(config, fuse_qk=False), weights, x)
     # Each is within F32_ATOL of the float64 reference, so they agree within twice that.
     np.testing.assert_allclose(fused, unfused, rtol=2 * F32_RTOL, atol=2 * F32_ATOL)
+
+
+def prune_weights(weights: MhsaWeights, sparsity: float) -> MhsaWeights:
+    """``weights`` with Wq, Wk, Wv and Wo magnitude-pruned to ``sparsity``."""
+    return replace(weights, **{name: magnitude_prune(getattr(weights, name), sparsity)
+                               for name in ("wq", "wk", "wv", "wo")})
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=cases(), sparsity=st.sampled_from([0.0, 0.5, 0.75, 0.9]))
+def test_sparse_weights_match_dense_bit_for_bit(kernel: Kernel, case: tuple,
+                                                sparsity: float) -> None:
+    """Row-compressed matrices skip only zero terms, summed in the dense order: the outputs
+    are bitwise those of the dense kernel on the same pruned weights, and match the reference."""
+    shape, config, weights, x = case
+    pruned = prune_weights(weights, sparsity)
+    sparse_y = kernel.run(shape, replace(config, sparse=True), pruned, x)
+    dense_y = kernel.run(shape, replace(config, sparse=False), pruned, x)
+    np.testing.assert_array_equal(sparse_y, dense_y)
+    np.testing.assert_allclose(sparse_y, reference_mhsa_f32(x, pruned, shape.heads),
+                               rtol=F32_RTOL, atol=F32_ATOL)
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.75, 0.9])
+@pytest.mark.parametrize("fuse_qk", [False, True], ids=["unfused", "fused"])
+def test_sparse_storage_only_when_smaller(kernel: Kernel, sparsity: float,
+                                          fuse_qk: bool) -> None:
+    """A matrix is compressed exactly when that is smaller: at 0% none is; from 50% every
+    pruned one is (6 B per nonzero + 4 B per row < 4 B per element). The fused Wf = Wq Wk^T is
+    denser than its factors (here compressed at 75% and 90% only). The stored bytes drop
+    accordingly, and the kernel still matches the reference."""
+    rng = np.random.default_rng(7)
+    shape = MhsaShape(seq=16, embed=32, heads=4, proj=8, out_features=32)
+    weights = prune_weights(make_weights(rng, shape), sparsity)
+    config = KernelConfig(4, fuse_qk)
+    dense_arrays = arrange_f32(weights, shape, config)
+    arrays, compressed = stored_arrays_f32(weights, shape, config)
+    expected = {name for name in SPARSE_FIELDS if name in dense_arrays and smaller_sparse(
+        dense_arrays[name].reshape(-1, dense_arrays[name].shape[-1]))}
+    assert set(compressed) == expected
+    if sparsity > 0.0:
+        assert {"wv", "wo"} | (set() if fuse_qk else {"wq", "wk"}) <= expected
+    stored = stored_params_bytes(arrays, compressed)
+    if sparsity == 0.0:
+        assert stored == stored_params_bytes(dense_arrays)
+    else:
+        assert stored < stored_params_bytes(dense_arrays)
+    for name, m in compressed.items():
+        np.testing.assert_array_equal(m.to_dense().reshape(dense_arrays[name].shape),
+                                      dense_arrays[name])
+    x = make_input(rng, shape)
+    np.testing.assert_allclose(kernel.run(shape, config, weights, x),
+                               reference_mhsa_f32(x, weights, shape.heads),
+                               rtol=F32_RTOL, atol=F32_ATOL)
+
+
+def test_pruned_q_and_k_make_unfused_the_default() -> None:
+    """FWSA pays in parameters for dense weights at E < 2P, but Wq Wk^T of pruned Q and K is
+    dense: the default then keeps them separate and row-compressed, the smaller choice."""
+    rng = np.random.default_rng(3)
+    shape = MhsaShape(seq=8, embed=16, heads=2, proj=16, out_features=16)
+    weights = make_weights(rng, shape)
+    assert KernelConfig.default_for(shape, weights).fuse_qk  # dense: E < 2P fuses
+    pruned = prune_weights(weights, 0.75)
+    chosen = KernelConfig.default_for(shape, pruned)
+    assert not chosen.fuse_qk and chosen.sparse
+    fused = KernelConfig(chosen.rows_per_block, True)
+    assert (stored_params_bytes(*stored_arrays_f32(pruned, shape, chosen))
+            < stored_params_bytes(*stored_arrays_f32(pruned, shape, fused)))
+
+
+def _sparse_call(kernel: Kernel) -> Call:
+    rng = np.random.default_rng(11)
+    shape = MhsaShape(seq=6, embed=8, heads=2, proj=4, out_features=8)
+    return kernel.prepare(shape, KernelConfig(2, False), prune_weights(make_weights(rng, shape),
+                                                                       0.75), make_input(rng, shape))
+
+
+def test_sparse_call_is_valid_before_corruption(kernel: Kernel) -> None:
+    c = _sparse_call(kernel)
+    assert c.params.sparse is not None
+    assert kernel.call(c) == TT_OK
+
+
+@pytest.mark.parametrize("corrupt", ["both_dense_and_sparse", "row_ptr_decreases",
+                                     "row_ptr_not_from_zero", "values_null"])
+def test_bad_sparse_matrices_are_rejected(kernel: Kernel, corrupt: str) -> None:
+    """A matrix given twice, an inconsistent row_ptr or missing nonzeros: TT_ARG_ERROR, and
+    nothing is written."""
+    c = _sparse_call(kernel)
+    sparse = next(k for k in c.keep_alive if isinstance(k, Sparse))
+    wv = next(k for k in c.keep_alive
+              if isinstance(k, CsrMatrix) and k.row_ptr.ctypes.data == sparse.wv.row_ptr)
+    bad_ptr = wv.row_ptr.copy()
+    c.keep_alive.append(bad_ptr)
+    if corrupt == "both_dense_and_sparse":
+        dense = wv.to_dense()
+        c.keep_alive.append(dense)
+        c.params.wv = _float_p(dense)
+    elif corrupt == "row_ptr_decreases":
+        bad_ptr[3], bad_ptr[4] = bad_ptr[4], bad_ptr[3] - 1
+        sparse.wv.row_ptr = bad_ptr.ctypes.data
+    elif corrupt == "row_ptr_not_from_zero":
+        bad_ptr += 1
+        sparse.wv.row_ptr = bad_ptr.ctypes.data
+    else:
+        sparse.wv.values = None
+    c.y[...] = 7.0
+    assert kernel.call(c) == TT_ARG_ERROR
+    assert np.all(c.y == 7.0)
 
 
 @pytest.mark.parametrize("fuse_qk", [False, True], ids=["unfused", "fused"])

@@ -429,7 +429,7 @@ _FIELDS = ("wq", "bq", "wk", "bk", "wf", "bf", "wv", "bv", "wo", "bo")
 
 class _Params(ctypes.Structure):
     _fields_ = [(n, ctypes.POINTER(ctypes.c_float)) for n in _FIELDS] + [
-        ("scale", ctypes.c_float)]
+        ("scale", ctypes.c_float), ("sparse", ctypes.c_void_p)]
 
 
 def _run_kernel(lib, shape: MhsaShape, config: KernelConfig, weights, x) -> np.ndarray:

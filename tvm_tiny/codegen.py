@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import tvm
 import tvm_ffi
 
@@ -24,13 +25,15 @@ from .cformat import c_identifier, const_array
 from .errors import CodegenError
 from .mhsa import MhsaDescriptor, describe_mhsa, offloaded_symbol
 from .mhsa_weights import (
+    SPARSE_FIELDS,
     KernelConfig,
-    arrange_f32,
     cluster_scratch_bytes,
     scratch_bytes,
+    stored_arrays_f32,
     stored_params_bytes,
 )
 from .patterns import LINEAR_SPARSE_COMPOSITE, MHSA_COMPOSITE, MHSA_S8_COMPOSITE
+from .sparse_format import CsrMatrix
 
 CONST_ALIGNMENT = 16
 _PARAM_FIELDS = ("wq", "bq", "wk", "bk", "wf", "bf", "wv", "bv", "wo", "bo")
@@ -52,6 +55,8 @@ class GeneratedKernel:
     params_bytes: int
     library_sources: tuple[str, ...]
     cluster_forks: int = 0  # forks per call on a multi-core cluster (0: single core)
+    # Storage of each weight matrix (MHSA float32): field -> format, nnz, dense and stored bytes.
+    weights: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def kernel_function_name(model: str, symbol: str) -> str:
@@ -65,15 +70,18 @@ def emit_mhsa_f32(desc: MhsaDescriptor, config: KernelConfig, model: str,
     ``cores`` > 1 cores, ``tt_mhsa_f32_cluster`` (heads split across the cores)."""
     shape = desc.shape
     fn = kernel_function_name(model, desc.symbol)
-    arrays = arrange_f32(desc.weights, shape, config)
+    arrays, compressed = stored_arrays_f32(desc.weights, shape, config)
     consts = [
         const_array(f"{fn}_{name}", arrays[name], CONST_ALIGNMENT, f"{name} {_LAYOUTS[name]}")
         for name in _PARAM_FIELDS if name in arrays
     ]
+    sparse_consts, sparse_struct = _sparse_f32(fn, compressed)
+    consts.extend(sparse_consts)
     pointers = ", ".join(
         f".{name} = {fn}_{name}" if name in arrays else f".{name} = NULL"
         for name in _PARAM_FIELDS
     )
+    pointers += f",\n  .sparse = &{fn}_sparse" if compressed else ",\n  .sparse = NULL"
     if cores > 1:
         scratch = cluster_scratch_bytes(shape, config, cores)
         call = _CLUSTER_CALL.format(fn=fn, cores=cores)
@@ -94,12 +102,70 @@ def emit_mhsa_f32(desc: MhsaDescriptor, config: KernelConfig, model: str,
         or "." in repr(desc.weights.scale) else f"{desc.weights.scale!r}.0f",
         consts="\n".join(consts), pointers=pointers, scratch=scratch, call=call, where=where,
         fused="Q and K fused offline (FWSA)" if config.fuse_qk else "Q and K unfused",
+        sparse_struct=sparse_struct, storage=_storage_comment(compressed),
+        sparse=int(config.sparse),
     )
     # Fork 1 splits the heads over the cores; fork 2 (only when more than one core has heads)
     # adds their partial outputs.
     forks = 0 if cores <= 1 else (2 if min(cores, shape.heads) > 1 else 1)
-    return GeneratedKernel(desc.symbol, fn, source, scratch, stored_params_bytes(arrays), library,
-                           forks)
+    return GeneratedKernel(desc.symbol, fn, source, scratch,
+                           stored_params_bytes(arrays, compressed), library, forks,
+                           weights_storage(arrays, compressed))
+
+
+def weights_storage(arrays: dict[str, np.ndarray], compressed: dict[str, CsrMatrix]
+                    ) -> dict[str, dict[str, Any]]:
+    """``metadata["offloaded"][i]["weights"]``: per weight matrix of an instance, its format
+    (``dense`` or ``csr``), nonzeros, and bytes stored dense against bytes actually stored."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in SPARSE_FIELDS:
+        if name in compressed:
+            m = compressed[name]
+            out[name] = {"format": "csr", "rows": m.rows, "cols": m.cols, "nnz": m.nnz,
+                         "dense_bytes": m.dense_bytes, "stored_bytes": m.stored_bytes}
+        elif name in arrays:
+            a = arrays[name]
+            out[name] = {"format": "dense", "rows": int(a.size // a.shape[-1]),
+                         "cols": int(a.shape[-1]), "nnz": int(np.count_nonzero(a)),
+                         "dense_bytes": int(a.nbytes), "stored_bytes": int(a.nbytes)}
+    return out
+
+
+def _sparse_f32(fn: str, compressed: dict[str, CsrMatrix]) -> tuple[list[str], str]:
+    """The const arrays and the ``tt_mhsa_f32_sparse`` struct of the row-compressed matrices
+    (an empty struct text when none is)."""
+    if not compressed:
+        return [], ""
+    consts, members = [], []
+    for name in SPARSE_FIELDS:
+        if name not in compressed:
+            continue
+        m = compressed[name]
+        base = f"{fn}_{name}"
+        consts.append(const_array(
+            f"{base}_row_ptr", m.row_ptr, CONST_ALIGNMENT,
+            f"{name} row-compressed: {m.rows} rows of {m.cols} ({_LAYOUTS[name]}), {m.nnz} "
+            f"nonzeros, {m.stored_bytes} B (dense {m.dense_bytes} B); row r's nonzeros are "
+            f"row_ptr[r] .. row_ptr[r+1]-1"))
+        if m.nnz:  # an all-zero matrix stores no indices nor values (NULL pointers)
+            consts.append(const_array(f"{base}_col_idx", m.col_idx, CONST_ALIGNMENT,
+                                      f"{name} column of each nonzero"))
+            consts.append(const_array(f"{base}_values", m.values, CONST_ALIGNMENT,
+                                      f"{name} nonzero weights"))
+        idx, val = (f"{base}_col_idx", f"{base}_values") if m.nnz else ("NULL", "NULL")
+        members.append(f"  .{name} = {{.row_ptr = {base}_row_ptr, .col_idx = {idx}, "
+                       f".values = {val}}},")
+    struct = (f"static const tt_mhsa_f32_sparse {fn}_sparse = {{\n" + "\n".join(members)
+              + "\n};\n")
+    return consts, struct
+
+
+def _storage_comment(compressed: dict[str, CsrMatrix]) -> str:
+    if not compressed:
+        return "all weights dense"
+    parts = [f"{name} CSR {100.0 * m.nnz / (m.rows * m.cols):.0f}% dense"
+             for name, m in compressed.items()]
+    return "pruned weights row-compressed: " + ", ".join(parts)
 
 
 from .codegen_linear import describe_linear, emit_linear_sparse_f32  # noqa: E402
@@ -147,9 +213,11 @@ def generate_kernel(func: tvm.relax.Function, options: CodegenOptions) -> Genera
     desc = describe_mhsa(func, symbol)
     chosen = options.configs.get(symbol)
     if chosen is None:
-        config, source = KernelConfig.default_for(desc.shape), "default"
+        weights = desc.weights if desc.dtype == "float32" else None
+        config, source = KernelConfig.default_for(desc.shape, weights), "default"
     else:
-        config = KernelConfig(int(chosen["rows_per_block"]), bool(chosen["fuse_qk"]))
+        config = KernelConfig(int(chosen["rows_per_block"]), bool(chosen["fuse_qk"]),
+                              bool(chosen.get("sparse", True)))
         source = str(chosen.get("source", "options"))
     key = (composite, desc.dtype)
     if key not in EMITTERS:
@@ -176,7 +244,8 @@ _MHSA_F32_TEMPLATE = """\
 /*
  * tvm_tiny offloaded MHSA '{symbol}' of model '{model}' (generated; do not edit).
  * Shape: S={s} E={e} H={h} P={p} E_out={eo}, float32. {fused}.
- * Kernel config: rows_per_block={rows} fuse_qk={fuse} (from: {source}).
+ * Kernel config: rows_per_block={rows} fuse_qk={fuse} sparse={sparse} (from: {source}).
+ * Weight storage: {storage}.
  * Depth-first: one head's K/V and one block of {rows} score rows live at a time;
  * {where}: {scratch} bytes, taken from the model arena.
  */
@@ -191,7 +260,7 @@ _MHSA_F32_TEMPLATE = """\
 static const tt_mhsa_dims {fn}_dims = {{
   .seq = {s}, .embed = {e}, .heads = {h}, .proj = {p}, .out_features = {eo}}};
 static const tt_mhsa_config {fn}_config = {{.rows_per_block = {rows}, .fuse_qk = {fuse}}};
-/* scale multiplies Q.K^T (exported value {scale}); folded into wf/bf when fused. */
+{sparse_struct}/* scale multiplies Q.K^T (exported value {scale}); folded into wf/bf when fused. */
 static const tt_mhsa_f32_params {fn}_params = {{
   {pointers},
   .scale = {scale_c}}};

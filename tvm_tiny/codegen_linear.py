@@ -20,6 +20,7 @@ from .cformat import const_array
 from .errors import CodegenError
 from .patterns import LINEAR_SPARSE_COMPOSITE, make_linear_sparse_pattern, sparse_stored_bytes
 from .relax_compat import constant_value, is_constant, static_shape
+from .sparse_format import csr_rows
 
 if TYPE_CHECKING:
     from .codegen import GeneratedKernel
@@ -96,14 +97,8 @@ def describe_linear(func: relax.Function, symbol: str) -> LinearDescriptor:
 def csr_by_output(weight: np.ndarray) -> dict[str, np.ndarray]:
     """W [K, N] as CSR of W^T: ``col_ptr`` [N+1] int32, ``k_idx`` [nnz] (uint16 when K < 65536,
     else int32) ascending within each output, ``values`` [nnz] float32."""
-    k = weight.shape[0]
-    wt = np.ascontiguousarray(weight.T)  # [N, K]
-    outs, ks = np.nonzero(wt)  # row-major: grouped by output n, k ascending
-    counts = np.bincount(outs, minlength=wt.shape[0])
-    col_ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
-    index_dtype = np.uint16 if k < 65536 else np.int32
-    return {"col_ptr": col_ptr, "k_idx": ks.astype(index_dtype),
-            "values": wt[outs, ks].astype(np.float32)}
+    csr = csr_rows(np.asarray(weight).T)
+    return {"col_ptr": csr.row_ptr, "k_idx": csr.col_idx, "values": csr.values}
 
 
 def metadata_entry(desc: LinearDescriptor, kernel: GeneratedKernel) -> dict[str, Any]:

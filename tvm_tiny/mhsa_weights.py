@@ -17,14 +17,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .sparse_format import UINT16_LIMIT, CsrMatrix, csr_rows, smaller_sparse
+
 __all__ = [
     "FLOAT32_BYTES",
     "KernelConfig",
     "MhsaShape",
     "MhsaWeights",
+    "SPARSE_FIELDS",
     "arrange_f32",
+    "is_pruned",
     "reference_mhsa_f32",
     "scratch_bytes",
+    "sparse_matrices",
+    "stored_arrays_f32",
     "stored_params_bytes",
     "unfused_params_bytes",
 ]
@@ -63,10 +69,16 @@ class MhsaShape:
 
 @dataclass(frozen=True)
 class KernelConfig:
-    """Kernel knobs, as the C ``tt_mhsa_config``."""
+    """Kernel knobs, as the C ``tt_mhsa_config``, plus the storage of pruned weights.
+
+    ``sparse``: store each weight matrix the kernel reads (wq, wk or wf, wv, wo) row-compressed
+    when that is smaller (:func:`sparse_matrices`); False keeps every matrix dense. Dense
+    weights are never smaller compressed, so the knob only matters for pruned layers.
+    """
 
     rows_per_block: int
     fuse_qk: bool
+    sparse: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.rows_per_block, (int, np.integer)) or self.rows_per_block < 1:
@@ -75,16 +87,27 @@ class KernelConfig:
             )
 
     @classmethod
-    def default_for(cls, shape: MhsaShape) -> KernelConfig:
+    def default_for(cls, shape: MhsaShape, weights: MhsaWeights | None = None) -> KernelConfig:
         """Config used when no tuning record exists.
 
         FWSA replaces 2*E*P Q/K weights per head by E*E, so it is chosen only
-        when that shrinks the parameters (E < 2P).
+        when that shrinks the parameters (E < 2P). With ``weights`` whose Q or K
+        matrices are pruned the comparison is made on the bytes actually stored:
+        the fused Wq_h Wk_h^T is dense even when Wq and Wk are sparse, so
+        separate row-compressed Q and K can be the smaller choice.
         """
-        return cls(
-            rows_per_block=min(shape.seq, DEFAULT_ROWS_PER_BLOCK),
-            fuse_qk=shape.embed < 2 * shape.proj,
-        )
+        rows = min(shape.seq, DEFAULT_ROWS_PER_BLOCK)
+        by_shape = cls(rows, fuse_qk=shape.embed < 2 * shape.proj)
+        if weights is None:
+            return by_shape
+        unfused, fused = cls(rows, False), cls(rows, True)
+        unfused_dense, unfused_csr = stored_arrays_f32(weights, shape, unfused)
+        fused_dense, fused_csr = stored_arrays_f32(weights, shape, fused)
+        if not unfused_csr and not fused_csr:
+            return by_shape
+        unfused_bytes = stored_params_bytes(unfused_dense, unfused_csr)
+        fused_bytes = stored_params_bytes(fused_dense, fused_csr)
+        return fused if fused_bytes < unfused_bytes else unfused
 
 
 def _check_array(name: str, array: np.ndarray | None, expected: tuple[int, ...]) -> None:
@@ -214,6 +237,41 @@ def arrange_f32(
     return out
 
 
+SPARSE_FIELDS = ("wq", "wk", "wf", "wv", "wo")
+"""The weight matrices ``tt_mhsa_f32`` also accepts row-compressed (``tt_mhsa_f32_sparse``)."""
+
+
+def sparse_matrices(arrays: dict[str, np.ndarray]) -> dict[str, CsrMatrix]:
+    """The matrices of ``arrays`` (``arrange_f32``) that take fewer bytes row-compressed, by
+    field. Rows are the layouts' leading dimensions flattened (e.g. wq [H][P][E] is H*P rows of
+    E), which is how the kernel indexes them; a row length above 65535 stays dense (the kernel's
+    column indices are 16-bit)."""
+    out: dict[str, CsrMatrix] = {}
+    for name in SPARSE_FIELDS:
+        if name not in arrays:
+            continue
+        matrix = arrays[name].reshape(-1, arrays[name].shape[-1])
+        if matrix.shape[1] < UINT16_LIMIT and smaller_sparse(matrix):
+            out[name] = csr_rows(matrix)
+    return out
+
+
+def is_pruned(weights: MhsaWeights, shape: MhsaShape) -> bool:
+    """True when some matrix of the layer, fused or not, is smaller stored row-compressed."""
+    rows = min(shape.seq, DEFAULT_ROWS_PER_BLOCK)
+    return any(sparse_matrices(arrange_f32(weights, shape, KernelConfig(rows, fuse)))
+               for fuse in (False, True))
+
+
+def stored_arrays_f32(weights: MhsaWeights, shape: MhsaShape, config: KernelConfig
+                      ) -> tuple[dict[str, np.ndarray], dict[str, CsrMatrix]]:
+    """What an instance stores: the dense arrays of ``arrange_f32`` minus the matrices kept
+    row-compressed (only when ``config.sparse``), and those compressed matrices."""
+    arrays = arrange_f32(weights, shape, config)
+    compressed = sparse_matrices(arrays) if config.sparse else {}
+    return {k: v for k, v in arrays.items() if k not in compressed}, compressed
+
+
 def scratch_bytes(shape: MhsaShape, config: KernelConfig) -> int:
     """Scratch bytes ``tt_mhsa_f32`` needs; equals ``tt_mhsa_f32_get_buffer_size``.
 
@@ -250,9 +308,12 @@ def unfused_params_bytes(shape: MhsaShape, *, with_biases: bool = True) -> int:
     return count * FLOAT32_BYTES
 
 
-def stored_params_bytes(arrays: dict[str, np.ndarray]) -> int:
-    """Bytes the kernel's weight arrays occupy in flash (e.g. of ``arrange_f32``)."""
-    return sum(int(a.nbytes) for a in arrays.values())
+def stored_params_bytes(arrays: dict[str, np.ndarray],
+                        compressed: dict[str, CsrMatrix] | None = None) -> int:
+    """Bytes the kernel's weight arrays occupy in flash (e.g. of ``arrange_f32``), plus those
+    of its row-compressed matrices."""
+    dense = sum(int(a.nbytes) for a in arrays.values())
+    return dense + sum(m.stored_bytes for m in (compressed or {}).values())
 
 
 def reference_mhsa_f32(x: np.ndarray, weights: MhsaWeights, heads: int) -> np.ndarray:

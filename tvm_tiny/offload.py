@@ -34,12 +34,14 @@ def _kernel_configs(mod: tvm.IRModule, profile: Board,
     from .tuning.apply import kernel_configs
     from .tuning.task import Workload
 
-    workloads = {}
+    workloads, weights = {}, {}
     for gv in mhsa_functions(mod):
         symbol = offloaded_symbol(mod[gv])
         desc = describe_mhsa(mod[gv], symbol)
-        workloads[symbol] = Workload(desc.shape, desc.dtype)
-    applied = kernel_configs(workloads, profile.name, tuning_log)
+        workloads[symbol] = Workload.of_layer(desc.shape, desc.dtype, desc.weights)
+        if desc.dtype == "float32":
+            weights[symbol] = desc.weights
+    applied = kernel_configs(workloads, profile.name, tuning_log, weights)
     return {symbol: a.as_options() for symbol, a in applied.items()}
 
 
@@ -90,8 +92,12 @@ def offload_mhsa(mod: tvm.IRModule, model: str, profile: Board, tuning_log: str 
             "out_features": shape.out_features, "dtype": desc.dtype, "macs": shape.macs,
             "kernel": {"rows_per_block": config["rows_per_block"],
                        "fuse_qk": bool(config["fuse_qk"]), "source": config["source"],
-                       "tile": config["tile"], "fma": bool(config["fma"])},
+                       "tile": config["tile"], "fma": bool(config["fma"]),
+                       "sparse": bool(config.get("sparse", True))},
             "params_bytes": kernel.params_bytes,
+            "weights": kernel.weights,
+            "dense_params_bytes": kernel.params_bytes + sum(
+                w["dense_bytes"] - w["stored_bytes"] for w in kernel.weights.values()),
             "unfused_params_bytes": _unfused_bytes(shape, desc.dtype, has_biases),
             "scratch_bytes": kernel.scratch_bytes,
             "peak_bytes": kernel.scratch_bytes + io_bytes,

@@ -18,6 +18,8 @@ from tvm.relax.backend.utils import has_leaking_intermediate_variables
 from tvm.relax.dpl import DFPattern, is_const, is_op, wildcard
 from tvm.relax.transform import FusionPattern, PatternCheckContext
 
+from .sparse_format import csr_bytes
+
 MHSA_COMPOSITE = "tvm_tiny.mhsa"
 MHSA_S8_COMPOSITE = "tvm_tiny.mhsa_s8"
 LINEAR_SPARSE_COMPOSITE = "tvm_tiny.linear_sparse"
@@ -138,10 +140,9 @@ def make_linear_sparse_pattern() -> tuple[DFPattern, dict[str, DFPattern]]:
 
 
 def sparse_stored_bytes(nnz: int, k: int, n: int) -> int:
-    """Bytes of the CSR-by-output-column weights (``tt_linear_f32_csr``): float values,
-    column (input ``k``) indices (uint16 when ``K`` < 65536, else int32), int32 row pointers."""
-    index_bytes = 2 if k < 65536 else 4
-    return 4 * nnz + index_bytes * nnz + 4 * (n + 1)
+    """Bytes of the CSR-by-output-column weights (``tt_linear_f32_csr``) of a [K, N] weight:
+    ``sparse_format.csr_bytes`` of its transpose (N rows of K columns)."""
+    return csr_bytes(nnz, n, k)
 
 
 def _check_linear_sparse(context: PatternCheckContext) -> bool:

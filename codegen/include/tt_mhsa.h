@@ -41,6 +41,16 @@
  * | bo    | [E_out]           | bo[o]                                          |
  *
  * Every bias may be NULL, meaning a zero bias.
+ *
+ * Pruned weights (`sparse`): any of the five matrices wq, wk, wf, wv, wo may
+ * instead be stored row-compressed (CSR over the rows of its layout above,
+ * i.e. by output, the format of tt_linear.h, with 16-bit column indices):
+ * its dense pointer is then NULL and its tt_csr_f32 in `sparse` is set. Each
+ * output element becomes a dot product over the row's nonzeros only, summed
+ * in the same (ascending column) order as the dense loop, so with finite
+ * inputs the result equals the dense kernel's bit for bit (a skipped zero
+ * term adds +-0). The code generator stores a matrix sparse only when that
+ * is smaller, and the tuner may keep it dense (tvm_tiny/mhsa_weights.py).
  */
 #ifndef TT_MHSA_H
 #define TT_MHSA_H
@@ -72,8 +82,33 @@ typedef struct {
   int32_t fuse_qk;
 } tt_mhsa_config;
 
+/** @brief One weight matrix of R rows x C columns stored row-compressed (CSR).
+ *
+ *  The nonzeros of row r are (col_idx[z], values[z]) for z in
+ *  row_ptr[r] .. row_ptr[r+1]-1, columns ascending; row_ptr[0] = 0 and
+ *  row_ptr is non-decreasing (checked per call). Column indices must be < C
+ *  (written offline, not re-checked). `row_ptr == NULL` means "not sparse". */
+typedef struct {
+  const int32_t *row_ptr;  /**< [R+1] start of each row's nonzeros, or NULL. */
+  const uint16_t *col_idx; /**< [nnz] column of each nonzero (C <= 65535). */
+  const float *values;     /**< [nnz] the nonzero weights. */
+} tt_csr_f32;
+
+/** @brief The row-compressed matrices of a pruned MHSA layer; rows and
+ *  columns are those of the dense layouts (wq: R = H*P, C = E; wf: R = H*E,
+ *  C = E; wo: R = H*E_out, C = P). A matrix whose row_ptr is NULL is dense. */
+typedef struct {
+  tt_csr_f32 wq;
+  tt_csr_f32 wk;
+  tt_csr_f32 wf;
+  tt_csr_f32 wv;
+  tt_csr_f32 wo;
+} tt_mhsa_f32_sparse;
+
 /** @brief float32 MHSA parameters, in the layouts of the table in the file
- *  comment. The pointers of the unused Q/K variant must be NULL. */
+ *  comment. The pointers of the unused Q/K variant must be NULL. A matrix
+ *  that is used is given either dense (its pointer here) or sparse (its
+ *  entry in `*sparse`), never both. */
 typedef struct {
   const float *wq; /**< [H][P][E], NULL when fuse_qk. */
   const float *bq; /**< [H][P] or NULL; NULL when fuse_qk. */
@@ -88,6 +123,8 @@ typedef struct {
   /** Multiplies the Q K^T scores (usually 1/sqrt(P)). Used only when
    *  !fuse_qk; with fuse_qk it is already folded into wf and bf. */
   float scale;
+  /** Row-compressed matrices, or NULL when every matrix is dense. */
+  const tt_mhsa_f32_sparse *sparse;
 } tt_mhsa_f32_params;
 
 /**
@@ -121,7 +158,10 @@ int32_t tt_mhsa_f32_get_buffer_size(const tt_mhsa_dims *dims, const tt_mhsa_conf
  * @param[in]  scratch_bytes  size of `scratch` in bytes
  * @return TT_OK;
  *         TT_ARG_ERROR on NULL pointers, bad dims or config, a Q/K pointer set
- *         that does not match `fuse_qk`, or overlapping x, y and scratch;
+ *         that does not match `fuse_qk`, a matrix given both dense and
+ *         sparse (or neither), a sparse row_ptr that does not start at 0 or
+ *         decreases, a column count above 65535 for a sparse matrix, or
+ *         overlapping x, y and scratch;
  *         TT_SCRATCH_ERROR if scratch_bytes is too small.
  *         On error nothing is written.
  */

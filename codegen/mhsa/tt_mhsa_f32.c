@@ -359,6 +359,89 @@ static void matmul_abt(int32_t m, int32_t n, int32_t k, const float *a, int32_t 
   }
 }
 
+/* ---- pruned weights: B row-compressed (tt_csr_f32) ------------------------------------------
+ *
+ * One CSR row holds the nonzeros of one output (one row of B). Its index and value streams are
+ * read once per block of up to four rows of A, each loaded nonzero feeding that many multiply-
+ * adds; the sum over a row's nonzeros runs in ascending column order, as the dense loop's over
+ * k, so the result is the dense kernel's with the zero terms (+-0) left out. */
+
+/** out(i + r, j) for r < rows (1, 2 or 4): rows of A from a, times CSR row `row` of b. */
+static TT_ALWAYS_INLINE void csr_tile(const int32_t rows, int32_t i, int32_t j, const float *a,
+                                      int32_t lda, const tt_csr_f32 *b, int32_t row,
+                                      const matmul_out *out) {
+  const float *const a0 = a;
+  const float *const a1 = rows > 1 ? a + lda : a;
+  const float *const a2 = rows > 2 ? a + 2 * lda : a;
+  const float *const a3 = rows > 3 ? a + 3 * lda : a;
+  const int32_t z_end = b->row_ptr[row + 1];
+  float s0 = 0.0f;
+  float s1 = 0.0f;
+  float s2 = 0.0f;
+  float s3 = 0.0f;
+  for (int32_t z = b->row_ptr[row]; z < z_end; ++z) {
+    const int32_t c = b->col_idx[z];
+    const float w = b->values[z];
+    TT_MAC(s0, a0[c], w);
+    if (rows > 1) {
+      TT_MAC(s1, a1[c], w);
+    }
+    if (rows > 2) {
+      TT_MAC(s2, a2[c], w);
+      TT_MAC(s3, a3[c], w);
+    }
+  }
+  store(out, i, j, s0);
+  if (rows > 1) {
+    store(out, i + 1, j, s1);
+  }
+  if (rows > 2) {
+    store(out, i + 2, j, s2);
+    store(out, i + 3, j, s3);
+  }
+}
+
+/** out(i, j) (+)= sum over the nonzeros z of CSR row row0 + j of b: a[i * lda + col_idx[z]] *
+ *  values[z] (+ bias[j]), for i < m, j < n: matmul_abt() with B row-compressed. */
+static void matmul_a_csr(int32_t m, int32_t n, const float *a, int32_t lda, const tt_csr_f32 *b,
+                         int32_t row0, const matmul_out *out) {
+  for (int32_t j = 0; j < n; ++j) {
+    int32_t i = 0;
+    for (; i + 4 <= m; i += 4) {
+      csr_tile(4, i, j, a + i * lda, lda, b, row0 + j, out);
+    }
+    if (i + 2 <= m) {
+      csr_tile(2, i, j, a + i * lda, lda, b, row0 + j, out);
+      i += 2;
+    }
+    if (i < m) {
+      csr_tile(1, i, j, a + i * lda, lda, b, row0 + j, out);
+    }
+  }
+}
+
+/** One weight matrix as the kernel sees it: dense [rows][cols] or row-compressed. */
+typedef struct {
+  const float *dense;     /**< row-major [rows][cols], or NULL */
+  const tt_csr_f32 *csr;  /**< row-compressed, or NULL */
+} weight_ref;
+
+/** The matrix `field` of p: its dense pointer, or its CSR form when p->sparse holds one. */
+#define TT_WEIGHT(p, field)                                                                  \
+  ((weight_ref){(p)->field,                                                                \
+                ((p)->sparse != NULL && (p)->sparse->field.row_ptr != NULL) ? &(p)->sparse->field \
+                                                                            : NULL})
+
+/** out(i, j) (+)= a_i . row (row0 + j) of w, for i < m, j < n; rows of w are k long. */
+static void matmul_aw(int32_t m, int32_t n, int32_t k, const float *a, int32_t lda,
+                      weight_ref w, int32_t row0, const matmul_out *out) {
+  if (w.csr != NULL) {
+    matmul_a_csr(m, n, a, lda, w.csr, row0, out);
+  } else {
+    matmul_abt(m, n, k, a, lda, w.dense + row0 * k, k, out);
+  }
+}
+
 /** Numerically stable softmax of one row, in place: subtract the maximum
  *  before expf so nothing overflows; the sum is >= 1 (the maximum gives 1). */
 static void softmax_row(float *row, int32_t n) {
@@ -429,15 +512,38 @@ static int overlaps(const void *a, int64_t a_bytes, const void *b, int64_t b_byt
   return a0 < b0 + (uintptr_t)b_bytes && b0 < a0 + (uintptr_t)a_bytes;
 }
 
-/** 1 if the required weights are present and exactly one Q/K variant is given. */
-static int params_valid(const tt_mhsa_f32_params *p, int32_t fuse_qk) {
-  if (p == NULL || p->wv == NULL || p->wo == NULL) {
+/** 1 if w is absent (used = 0) or, when used, given exactly once: dense, or as a CSR matrix
+ *  of `rows` rows and at most 65535 columns whose row_ptr starts at 0 and never decreases. */
+static int weight_valid(weight_ref w, int used, int32_t rows, int32_t cols) {
+  if (!used || w.csr == NULL) {
+    return used ? w.dense != NULL : (w.dense == NULL && w.csr == NULL);
+  }
+  if (w.dense != NULL || cols > UINT16_MAX || w.csr->row_ptr[0] != 0) {
     return 0;
   }
-  if (fuse_qk) {
-    return p->wf != NULL && p->wq == NULL && p->bq == NULL && p->wk == NULL && p->bk == NULL;
+  for (int32_t r = 0; r < rows; ++r) {
+    if (w.csr->row_ptr[r + 1] < w.csr->row_ptr[r]) {
+      return 0;
+    }
   }
-  return p->wq != NULL && p->wk != NULL && p->wf == NULL && p->bf == NULL;
+  return w.csr->row_ptr[rows] == 0 || (w.csr->col_idx != NULL && w.csr->values != NULL);
+}
+
+/** 1 if the required weights are present and exactly one Q/K variant is given. */
+static int params_valid(const tt_mhsa_dims *d, const tt_mhsa_f32_params *p, int32_t fuse_qk) {
+  if (p == NULL) {
+    return 0;
+  }
+  const int32_t hp = d->heads * d->proj;
+  const int32_t he = d->heads * d->embed;
+  const int32_t ho = d->heads * d->out_features;
+  const int fused = fuse_qk != 0;
+  return weight_valid(TT_WEIGHT(p, wv), 1, hp, d->embed) &&
+         weight_valid(TT_WEIGHT(p, wo), 1, ho, d->proj) &&
+         weight_valid(TT_WEIGHT(p, wf), fused, he, d->embed) &&
+         weight_valid(TT_WEIGHT(p, wq), !fused, hp, d->embed) &&
+         weight_valid(TT_WEIGHT(p, wk), !fused, hp, d->embed) &&
+         (fused ? p->bq == NULL && p->bk == NULL : p->bf == NULL);
 }
 
 int32_t tt_mhsa_f32_get_buffer_size(const tt_mhsa_dims *dims, const tt_mhsa_config *cfg) {
@@ -453,7 +559,7 @@ static tt_status check_args(const tt_mhsa_dims *dims, const tt_mhsa_config *cfg,
                             const tt_mhsa_f32_params *p, const float *x, const float *y,
                             const float *scratch, int32_t scratch_bytes) {
   const int64_t floats = scratch_floats(dims, cfg);
-  if (floats < 0 || !params_valid(p, cfg->fuse_qk) || x == NULL || y == NULL ||
+  if (floats < 0 || !params_valid(dims, p, cfg->fuse_qk) || x == NULL || y == NULL ||
       scratch == NULL) {
     return TT_ARG_ERROR;
   }
@@ -495,29 +601,31 @@ static void mhsa_heads(const tt_mhsa_dims *dims, const tt_mhsa_config *cfg,
   float *const scores = qt + X * T;
   float *const ctx = scores + X * S;
 
+  /* Each weight matrix is dense or row-compressed; matmul_aw() takes either, row h*n being the
+   * first row of head h's block of n rows. */
+  const weight_ref wq = TT_WEIGHT(p, wq);
+  const weight_ref wk = TT_WEIGHT(p, wk);
+  const weight_ref wf = TT_WEIGHT(p, wf);
+  const weight_ref wv = TT_WEIGHT(p, wv);
+  const weight_ref wo = TT_WEIGHT(p, wo);
+
   for (int32_t h = h_first; h < H; h += h_step) {
-    const float *wv_h = p->wv + h * P * E;
     const float *bv_h = p->bv != NULL ? p->bv + h * P : NULL;
-    const float *wo_h = p->wo + h * E_OUT * P;
 
     /* V_h^T[p][j] = x_j . wv_h[p] + bv_h[p], stored transposed (column
      * stride S) so that each context element below is a dot product over
      * contiguous keys. */
     const matmul_out v_out = {vt_h, 1, S, bv_h, 0};
-    matmul_abt(S, P, E, x, E, wv_h, E, &v_out);
+    matmul_aw(S, P, E, x, E, wv, h * P, &v_out);
 
-    const float *wq_h = NULL;
     const float *bq_h = NULL;
-    const float *wf_h = NULL;
     const float *bf_h = NULL;
     if (fused) {
-      wf_h = p->wf + h * E * E;
       bf_h = p->bf != NULL ? p->bf + h * E : NULL;
     } else {
-      wq_h = p->wq + h * P * E;
       bq_h = p->bq != NULL ? p->bq + h * P : NULL;
       const matmul_out k_out = {k_h, P, 1, p->bk != NULL ? p->bk + h * P : NULL, 0};
-      matmul_abt(S, P, E, x, E, p->wk + h * P * E, E, &k_out);
+      matmul_aw(S, P, E, x, E, wk, h * P, &k_out);
     }
 
     for (int32_t i0 = 0; i0 < S; i0 += X) {
@@ -527,13 +635,13 @@ static void mhsa_heads(const tt_mhsa_dims *dims, const tt_mhsa_config *cfg,
       if (fused) {
         /* t_i = x_i Wf_h + bf_h, s_ij = t_i . x_j (scale is folded into wf, bf). */
         const matmul_out t_out = {qt, E, 1, bf_h, 0};
-        matmul_abt(rows, E, E, x_blk, E, wf_h, E, &t_out);
+        matmul_aw(rows, E, E, x_blk, E, wf, h * E, &t_out);
         matmul_abt(rows, S, E, qt, E, x, E, &s_out);
       } else {
         /* q_i = scale (x_i Wq_h + bq_h), s_ij = q_i . k_j: scaling the X*P
          * query elements is cheaper than scaling the X*S scores. */
         const matmul_out q_out = {qt, P, 1, bq_h, 0};
-        matmul_abt(rows, P, E, x_blk, E, wq_h, E, &q_out);
+        matmul_aw(rows, P, E, x_blk, E, wq, h * P, &q_out);
         scale_in_place(qt, rows * P, p->scale);
         matmul_abt(rows, S, P, qt, P, k_h, P, &s_out);
       }
@@ -545,7 +653,7 @@ static void mhsa_heads(const tt_mhsa_dims *dims, const tt_mhsa_config *cfg,
       matmul_abt(rows, P, S, scores, S, vt_h, S, &c_out);
       /* y_i[o] += ctx_i . wo_h[o] */
       const matmul_out y_out = {y + i0 * E_OUT, E_OUT, 1, NULL, 1};
-      matmul_abt(rows, E_OUT, P, ctx, P, wo_h, P, &y_out);
+      matmul_aw(rows, E_OUT, P, ctx, P, wo, h * E_OUT, &y_out);
     }
   }
 }

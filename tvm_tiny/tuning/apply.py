@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..boards import get_board
-from ..mhsa_weights import KernelConfig
+from ..mhsa_weights import KernelConfig, MhsaWeights
 from ..resources import tuning_logs_dir
 from .log import TuningLogWarning, TuningRecord, load_records
 from .space import ConfigEntity, config_space
@@ -42,7 +42,8 @@ class AppliedConfig:
     def as_options(self) -> dict[str, object]:
         """The dict ``CodegenOptions.configs`` carries (codegen reads rows/fuse/source)."""
         return {"rows_per_block": self.config.rows_per_block, "fuse_qk": self.config.fuse_qk,
-                "source": self.source, "tile": self.variant.tile, "fma": self.variant.fma}
+                "sparse": self.config.sparse, "source": self.source, "tile": self.variant.tile,
+                "fma": self.variant.fma}
 
 
 def shipped_log(board: str) -> Path:
@@ -89,8 +90,12 @@ def _candidates(workload: Workload, board: str, sources: list[tuple[str, list[Tu
 
 
 def kernel_configs(workloads: dict[str, Workload], board: str,
-                   tuning_log: str | Path | None = None) -> dict[str, AppliedConfig]:
-    """The applied config of every MHSA (symbol -> workload) of one model on ``board``."""
+                   tuning_log: str | Path | None = None,
+                   weights: dict[str, MhsaWeights] | None = None) -> dict[str, AppliedConfig]:
+    """The applied config of every MHSA (symbol -> workload) of one model on ``board``.
+
+    ``weights`` (symbol -> float32 weights) make the default of an untuned MHSA weigh its
+    pruned matrices (``KernelConfig.default_for``)."""
     get_board(board)  # unknown boards fail here
     tunable = {w for w in workloads.values() if w.dtype in TASK_NAMES}
     sources = _sources(board, tuning_log) if tunable else []
@@ -122,6 +127,6 @@ def kernel_configs(workloads: dict[str, Workload], board: str,
             applied[symbol] = AppliedConfig(entity.kernel_config(), chosen,
                                             found[workload][0], record)
         else:
-            applied[symbol] = AppliedConfig(KernelConfig.default_for(workload.shape), chosen,
-                                            "default")
+            default = KernelConfig.default_for(workload.shape, (weights or {}).get(symbol))
+            applied[symbol] = AppliedConfig(default, chosen, "default")
     return applied

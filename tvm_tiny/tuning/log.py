@@ -65,7 +65,7 @@ class TuningRecord:
 
     @property
     def workload(self) -> Workload:
-        return Workload.from_args(self.task_name, self.args)
+        return Workload.from_args(self.task_name, self.args, self.kwargs)
 
     @property
     def ok(self) -> bool:
@@ -219,6 +219,7 @@ def make_record(target: str, workload: Workload, index: int, entity: list[list[A
     """A record stamped with the running tvm_tiny and TVM versions."""
     tiny, tvm_version = _versions()
     return TuningRecord(target=target, task_name=workload.task_name, args=workload.args(),
-                        config_index=index, entity=entity, costs=costs, error_no=error_no,
+                        kwargs=workload.kwargs(), config_index=index, entity=entity,
+                        costs=costs, error_no=error_no,
                         all_cost=all_cost, timestamp=timestamp, code_hash=code_hash,
                         tvm_tiny_version=tiny, tvm_version=tvm_version, modelled=modelled)

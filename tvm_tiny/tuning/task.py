@@ -17,8 +17,10 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ..boards import Board, get_board
-from ..mhsa_weights import KernelConfig, MhsaShape, MhsaWeights
+from ..mhsa_weights import KernelConfig, MhsaShape, MhsaWeights, is_pruned
 
 #: Task name per dtype: the library kernel measured (``codegen/mhsa/tt_mhsa_<type>.c``).
 TASK_NAMES = {"float32": "tt_mhsa_f32"}
@@ -26,10 +28,27 @@ TASK_NAMES = {"float32": "tt_mhsa_f32"}
 
 @dataclass(frozen=True)
 class Workload:
-    """An MHSA layer as the kernel sees it: shape and dtype (weights excluded)."""
+    """An MHSA layer as the kernel sees it: shape, dtype and, for a pruned layer, the nonzero
+    counts of Wq, Wk, Wv and Wo (the instruction count of a row-compressed matrix follows its
+    nonzeros). Dense layers carry ``nnz=None``, so their keys are those of earlier logs."""
 
     shape: MhsaShape
     dtype: str = "float32"
+    nnz: tuple[int, int, int, int] | None = None
+
+    @staticmethod
+    def of_layer(shape: MhsaShape, dtype: str, weights: MhsaWeights | None) -> Workload:
+        """The workload of one layer: ``nnz`` set only when float32 ``weights`` are pruned
+        enough for a matrix to be stored row-compressed (``mhsa_weights.is_pruned``)."""
+        if dtype != "float32" or weights is None or not is_pruned(weights, shape):
+            return Workload(shape, dtype)
+        counts = tuple(int(np.count_nonzero(w))
+                       for w in (weights.wq, weights.wk, weights.wv, weights.wo))
+        return Workload(shape, dtype, counts)  # type: ignore[arg-type]
+
+    def kwargs(self) -> dict[str, Any]:
+        """AutoTVM-style task kwargs: ``{"nnz": [Wq, Wk, Wv, Wo]}`` for a pruned layer."""
+        return {} if self.nnz is None else {"nnz": list(self.nnz)}
 
     @property
     def task_name(self) -> str:
@@ -48,11 +67,15 @@ class Workload:
         """Hashable identity used by logs and apply-best: (task name, canonical args)."""
         import json
 
-        return self.task_name, json.dumps(self.args(), separators=(",", ":"))
+        key = json.dumps(self.args(), separators=(",", ":"))
+        if self.nnz is not None:
+            key += json.dumps(self.kwargs(), separators=(",", ":"))
+        return self.task_name, key
 
     @staticmethod
-    def from_args(task_name: str, args: list[Any]) -> Workload:
-        """Inverse of :meth:`args` (raises ``ValueError`` on a malformed record)."""
+    def from_args(task_name: str, args: list[Any],
+                  kwargs: dict[str, Any] | None = None) -> Workload:
+        """Inverse of :meth:`args` and :meth:`kwargs` (``ValueError`` on a malformed record)."""
         dtypes = {name: dtype for dtype, name in TASK_NAMES.items()}
         try:
             (tag, (seq, embed), dtype), heads, proj, out_features = args
@@ -63,11 +86,19 @@ class Workload:
         dims = (seq, embed, heads, proj, out_features)
         if not all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
             raise ValueError(f"MHSA task args {args!r} hold a non-integer dimension")
-        return Workload(MhsaShape(*dims), dtype)
+        nnz = (kwargs or {}).get("nnz")
+        if nnz is not None and not (isinstance(nnz, list) and len(nnz) == 4 and all(
+                isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in nnz)):
+            raise ValueError(f"MHSA task kwargs nnz {nnz!r} is not four non-negative counts")
+        return Workload(MhsaShape(*dims), dtype, None if nnz is None else tuple(nnz))
 
     def describe(self) -> str:
         s = self.shape
-        return f"S={s.seq} E={s.embed} H={s.heads} P={s.proj} E_out={s.out_features} {self.dtype}"
+        text = f"S={s.seq} E={s.embed} H={s.heads} P={s.proj} E_out={s.out_features} {self.dtype}"
+        if self.nnz is not None:
+            full = (s.embed * s.heads * s.proj,) * 3 + (s.heads * s.proj * s.out_features,)
+            text += " density " + "/".join(f"{n / f:.2f}" for n, f in zip(self.nnz, full))
+        return text
 
 
 def target_string(board: Board) -> str:
@@ -108,7 +139,7 @@ class TuningTask:
         return target_string(get_board(self.board))
 
     def default_config(self) -> KernelConfig:
-        return KernelConfig.default_for(self.shape)
+        return KernelConfig.default_for(self.shape, self.weights)
 
     def describe(self) -> str:
         return f"{self.name} {self.workload.describe()} on {self.board}"
@@ -135,7 +166,7 @@ def extract_tasks(model: Any, target: str) -> list[TuningTask]:
             warnings.warn(f"{symbol}: no tunable kernel for dtype {desc.dtype}; not tuned",
                           RuntimeWarning, stacklevel=2)
             continue
-        workload = Workload(desc.shape, desc.dtype)
+        workload = Workload.of_layer(desc.shape, desc.dtype, desc.weights)
         if workload in tasks:
             old = tasks[workload]
             tasks[workload] = TuningTask(old.board, workload, old.weights,
