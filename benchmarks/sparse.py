@@ -4,7 +4,7 @@ One encoder layer (onnx.helper, seed 0: S=32, E=64, H=4, ReLU FFN 64 -> 256 -> 6
 weight matrices are magnitude-pruned at 0/50/75/90% (numpy, ``tvm_tiny.pruning``); the MHSA stays
 dense and offloaded in both builds. For each sparsity the model is built for ``stm32l4`` twice:
 
-- sparse: the default build (pruned FFN matmuls -> ``tvm_tiny.linear_sparse`` ->
+- sparse: the default build (pruned FFN matmuls -> ``tvm_tiny.linear`` ->
   ``tt_linear_f32_csr``, CSR by output column, uint16 indices);
 - dense: the same pruned model with the sparse pattern switched off, so TVM compiles the FFN
   (``fused_matmul_add1_relu``, ``fused_matmul1_add2_add``).
@@ -39,7 +39,7 @@ BOARD = "stm32l4"
 
 @contextlib.contextmanager
 def sparse_pattern_off() -> Iterator[None]:
-    """Build with the ``tvm_tiny.linear_sparse`` check rejecting everything (dense baseline)."""
+    """Build with the ``tvm_tiny.linear`` check rejecting everything (dense baseline)."""
     saved = patterns._check_linear_sparse
     patterns._check_linear_sparse = lambda context: False
     try:

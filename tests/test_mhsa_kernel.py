@@ -358,8 +358,8 @@ def test_pruned_q_and_k_make_unfused_the_default() -> None:
 def _sparse_call(kernel: Kernel) -> Call:
     rng = np.random.default_rng(11)
     shape = MhsaShape(seq=6, embed=8, heads=2, proj=4, out_features=8)
-    return kernel.prepare(shape, KernelConfig(2, False), prune_weights(make_weights(rng, shape),
-                                                                       0.75), make_input(rng, shape))
+    weights = prune_weights(make_weights(rng, shape), 0.75)
+    return kernel.prepare(shape, KernelConfig(2, False), weights, make_input(rng, shape))
 
 
 def test_sparse_call_is_valid_before_corruption(kernel: Kernel) -> None:

@@ -1,4 +1,4 @@
-"""Sparse float32 linear layers outside attention (composite ``tvm_tiny.linear_sparse``,
+"""Sparse float32 linear layers outside attention (composite ``tvm_tiny.linear``,
 kernel ``tt_linear_f32_csr``): issue #8 part 1."""
 
 from __future__ import annotations

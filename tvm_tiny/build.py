@@ -75,30 +75,31 @@ class CompiledGraph:
 
 
 def _compile(mod: tvm.IRModule, name: str, profile: Board, offload: bool,
-             arena_limit: int | None, tuning_log: str | None = None) -> CompiledGraph:
+             arena_limit: int | None, tuning_log: str | None = None,
+             sparse: bool = True) -> CompiledGraph:
     """Partition (optionally), generate, lower and plan one Relax module."""
     offloaded: list[dict[str, Any]] = []
     externs: dict[str, ExternKernel] = {}
     kernel_sources: list[str] = []
     rejected: list[str] = []
-    sparse: list[dict[str, Any]] = []
+    sparse_linear: list[dict[str, Any]] = []
     if offload:
         from .offload import offload_mhsa
 
-        mod, offloaded, externs, kernel_sources, rejected, sparse = offload_mhsa(
-            mod, name, profile, tuning_log)
+        mod, offloaded, externs, kernel_sources, rejected, sparse_linear = offload_mhsa(
+            mod, name, profile, tuning_log, sparse)
     lowered = fuse_and_plan(mod)
     prefix = f"tvmtiny_{name}"
     tir = build_tir_to_c(lowered, profile.tvm_target(), prefix)
     aot = emit_aot(tir.module["main"], name, externs, tir.tir_symbols, tir.tir_c_source,
                    alignment=DEFAULT_ALIGNMENT, arena_limit=arena_limit)
     return CompiledGraph(aot, tir.tir_c_source, offloaded, externs, kernel_sources, rejected,
-                         sparse)
+                         sparse_linear)
 
 
 def build(model: ModelLike, target: str = "host", offload: bool = True,
           tuning_log: str | None = None, *, arena_bytes: int | None = None,
-          name: str | None = None) -> TinyModule:
+          name: str | None = None, sparse: bool = True) -> TinyModule:
     """Compile ``model`` into a self-contained C program for ``target``.
 
     Parameters
@@ -122,6 +123,11 @@ def build(model: ModelLike, target: str = "host", offload: bool = True,
         Fix the arena size. A size below what the plan needs is refused with the bytes missing.
     name
         C identifier prefix of the model (default: derived from the model).
+    sparse
+        Store pruned weights row-compressed wherever that is smaller: MHSA projections inside
+        the offloaded kernels (a tuning record's ``sparse`` knob may keep an MHSA dense), and
+        linear layers outside attention (offloaded as ``tvm_tiny.linear``). ``False`` keeps
+        every weight dense and the linear layers with TVM: the dense baseline.
     """
     from .cformat import c_identifier
 
@@ -130,7 +136,7 @@ def build(model: ModelLike, target: str = "host", offload: bool = True,
     mod, model_name = to_relax(model)
     name = c_identifier(name or model_name)
     relax_text = mod.script()
-    compiled = _compile(mod, name, profile, offload, arena_bytes, tuning_log)
+    compiled = _compile(mod, name, profile, offload, arena_bytes, tuning_log, sparse)
     aot, offloaded = compiled.aot, compiled.offloaded
     prefix = f"tvmtiny_{name}"
     files: dict[str, str] = {

@@ -77,7 +77,7 @@ def emit_mhsa_f32(desc: MhsaDescriptor, config: KernelConfig, model: str,
     ]
     sparse_consts, sparse_struct = _sparse_f32(fn, compressed)
     consts.extend(sparse_consts)
-    pointers = ", ".join(
+    pointers = ",\n  ".join(
         f".{name} = {fn}_{name}" if name in arrays else f".{name} = NULL"
         for name in _PARAM_FIELDS
     )
@@ -153,8 +153,9 @@ def _sparse_f32(fn: str, compressed: dict[str, CsrMatrix]) -> tuple[list[str], s
             consts.append(const_array(f"{base}_values", m.values, CONST_ALIGNMENT,
                                       f"{name} nonzero weights"))
         idx, val = (f"{base}_col_idx", f"{base}_values") if m.nnz else ("NULL", "NULL")
-        members.append(f"  .{name} = {{.row_ptr = {base}_row_ptr, .col_idx = {idx}, "
-                       f".values = {val}}},")
+        members.append(f"  .{name} = {{.row_ptr = {base}_row_ptr,\n"
+                       f"         .col_idx = {idx},\n"
+                       f"         .values = {val}}},")
     struct = (f"static const tt_mhsa_f32_sparse {fn}_sparse = {{\n" + "\n".join(members)
               + "\n};\n")
     return consts, struct

@@ -1,4 +1,4 @@
-"""Sparse float32 linear layers (composite ``tvm_tiny.linear_sparse`` → ``tt_linear_f32_csr``).
+"""Sparse float32 linear layers (composite ``tvm_tiny.linear`` → ``tt_linear_f32_csr``).
 
 The partitioner offloads ``matmul(x, W) [+ b]`` only when the pruned constant ``W`` [K, N] is
 smaller stored sparse (``patterns._check_linear_sparse``). :func:`describe_linear` reads the
@@ -72,7 +72,7 @@ def _composite(func: relax.Function) -> relax.Function:
 
 
 def describe_linear(func: relax.Function, symbol: str) -> LinearDescriptor:
-    """The :class:`LinearDescriptor` of an offloaded ``tvm_tiny.linear_sparse`` function."""
+    """The :class:`LinearDescriptor` of an offloaded ``tvm_tiny.linear`` function."""
     composite = _composite(func)
     var2val = {b.var: b.value for block in composite.body.blocks for b in block.bindings}
     pattern, annotations = make_linear_sparse_pattern()
@@ -80,7 +80,7 @@ def describe_linear(func: relax.Function, symbol: str) -> LinearDescriptor:
     root = var2val.get(result, result)
     matched = pattern.extract_matched_expr(root, var2val)
     if matched is None:
-        raise CodegenError(f"'{symbol}' is not a tvm_tiny.linear_sparse chain")
+        raise CodegenError(f"'{symbol}' is not a tvm_tiny.linear chain")
     w_expr = matched[annotations["w"]]
     b_expr = matched.get(annotations["b"])
     if not is_constant(w_expr) or (b_expr is not None and not is_constant(b_expr)):

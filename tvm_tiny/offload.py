@@ -26,10 +26,11 @@ from .partition import (
 )
 
 
-def _kernel_configs(mod: tvm.IRModule, profile: Board,
-                    tuning_log: str | None = None) -> dict[str, dict[str, object]]:
+def _kernel_configs(mod: tvm.IRModule, profile: Board, tuning_log: str | None = None,
+                    sparse: bool = True) -> dict[str, dict[str, object]]:
     """The best tuning record per (board, workload): from ``tuning_log``, else the shipped
-    ``tuning_logs/<board>.jsonl``, else the board default (:mod:`tvm_tiny.tuning.apply`)."""
+    ``tuning_logs/<board>.jsonl``, else the board default (:mod:`tvm_tiny.tuning.apply`).
+    ``sparse=False`` forces every MHSA's weights dense (the default then ignores pruning)."""
     from .mhsa import describe_mhsa
     from .tuning.apply import kernel_configs
     from .tuning.task import Workload
@@ -38,11 +39,17 @@ def _kernel_configs(mod: tvm.IRModule, profile: Board,
     for gv in mhsa_functions(mod):
         symbol = offloaded_symbol(mod[gv])
         desc = describe_mhsa(mod[gv], symbol)
-        workloads[symbol] = Workload.of_layer(desc.shape, desc.dtype, desc.weights)
-        if desc.dtype == "float32":
+        # Without sparse storage a pruned layer runs as a dense one: same workload, same records.
+        workloads[symbol] = Workload.of_layer(desc.shape, desc.dtype,
+                                              desc.weights if sparse else None)
+        if desc.dtype == "float32" and sparse:
             weights[symbol] = desc.weights
     applied = kernel_configs(workloads, profile.name, tuning_log, weights)
-    return {symbol: a.as_options() for symbol, a in applied.items()}
+    options = {symbol: a.as_options() for symbol, a in applied.items()}
+    if not sparse:
+        for chosen in options.values():
+            chosen["sparse"] = False
+    return options
 
 
 def _unfused_bytes(shape: MhsaShape, dtype: str, has_biases: bool) -> int:
@@ -54,7 +61,8 @@ def _unfused_bytes(shape: MhsaShape, dtype: str, has_biases: bool) -> int:
     return 3 * e * h * p + h * p * e_out + biases
 
 
-def offload_mhsa(mod: tvm.IRModule, model: str, profile: Board, tuning_log: str | None = None
+def offload_mhsa(mod: tvm.IRModule, model: str, profile: Board, tuning_log: str | None = None,
+                 sparse: bool = True
                  ) -> tuple[tvm.IRModule, list[dict[str, Any]], dict[str, ExternKernel],
                             list[str], list[str], list[dict[str, Any]]]:
     """Partition ``mod`` and generate C for every offloaded MHSA (kernel configs applied from
@@ -67,9 +75,9 @@ def offload_mhsa(mod: tvm.IRModule, model: str, profile: Board, tuning_log: str 
     of the MHSA entries, whose keys other code reads).
     """
     report = PartitionReport()
-    mod = partition_for_tiny(mod, report)
+    mod = partition_for_tiny(mod, report, sparse=sparse)
     cores = profile.cluster_cores
-    options = CodegenOptions(model, _kernel_configs(mod, profile, tuning_log), cores)
+    options = CodegenOptions(model, _kernel_configs(mod, profile, tuning_log, sparse), cores)
     entries: list[dict[str, Any]] = []
     externs: dict[str, ExternKernel] = {}
     library: list[str] = []
@@ -116,7 +124,7 @@ def offload_mhsa(mod: tvm.IRModule, model: str, profile: Board, tuning_log: str 
 def _offload_sparse_linear(mod: tvm.IRModule, options: CodegenOptions,
                            externs: dict[str, ExternKernel], library: list[str]
                            ) -> list[dict[str, Any]]:
-    """Generate every ``tvm_tiny.linear_sparse`` kernel; their metadata records."""
+    """Generate every ``tvm_tiny.linear`` kernel; their metadata records."""
     from .codegen_linear import describe_linear, metadata_entry
 
     records = []

@@ -22,7 +22,8 @@ class PartitionReport:
     rejected: list[str] = field(default_factory=list)
 
 
-def partition_for_tiny(mod: tvm.IRModule, report: PartitionReport | None = None) -> tvm.IRModule:
+def partition_for_tiny(mod: tvm.IRModule, report: PartitionReport | None = None, *,
+                       sparse: bool = True) -> tvm.IRModule:
     """Partition ``mod``: each multi-head self-attention becomes a ``Codegen="tvm_tiny"`` function.
 
     Like ``partition_for_cmsisnn`` / ``partition_for_tensorrt``: normalize, match, outline.
@@ -37,6 +38,10 @@ def partition_for_tiny(mod: tvm.IRModule, report: PartitionReport | None = None)
         Optional; filled with the offloaded function names and the reason each near miss
         (masked or cross-attention, shared weights, leaked intermediates, batch > 1) stayed
         with TVM.
+    sparse
+        Offload pruned linear layers (``tvm_tiny.linear``: MatMul [+ Add] outside attention with
+        a constant weight smaller stored row-compressed) to the sparse kernel; ``False`` leaves
+        them to TVM, dense.
 
     Returns
     -------
@@ -58,7 +63,8 @@ def partition_for_tiny(mod: tvm.IRModule, report: PartitionReport | None = None)
         relax.transform.DeadCodeElimination(),
     ])(mod)
     mod = relax.transform.FuseOpsByPattern(
-        tiny_patterns(canonicalize.is_approved), bind_constants=True, annotate_codegen=True
+        tiny_patterns(canonicalize.is_approved, sparse), bind_constants=True,
+        annotate_codegen=True
     )(mod)
     mod, names = _rename_offloaded(mod)
     rejected = list(canonicalize.rejections)
@@ -111,7 +117,7 @@ def mhsa_functions(mod: tvm.IRModule) -> list[tvm.ir.GlobalVar]:
 
 
 def sparse_linear_functions(mod: tvm.IRModule) -> list[tvm.ir.GlobalVar]:
-    """The offloaded functions holding a ``tvm_tiny.linear_sparse`` composite, in call order."""
+    """The offloaded functions holding a ``tvm_tiny.linear`` composite, in call order."""
     return [gv for gv in offloaded_functions(mod)
             if composite_name(mod[gv]) == LINEAR_SPARSE_COMPOSITE]
 

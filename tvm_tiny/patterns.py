@@ -22,7 +22,7 @@ from .sparse_format import csr_bytes
 
 MHSA_COMPOSITE = "tvm_tiny.mhsa"
 MHSA_S8_COMPOSITE = "tvm_tiny.mhsa_s8"
-LINEAR_SPARSE_COMPOSITE = "tvm_tiny.linear_sparse"
+LINEAR_SPARSE_COMPOSITE = "tvm_tiny.linear"
 MHSA_COMPOSITES = (MHSA_COMPOSITE, MHSA_S8_COMPOSITE)
 
 
@@ -178,13 +178,14 @@ def _check_linear_sparse(context: PatternCheckContext) -> bool:
     return sparse_stored_bytes(nnz, k, n) < 4 * k * n
 
 
-def tiny_patterns(is_approved: Callable[[Expr], bool] | None = None) -> list[FusionPattern]:
+def tiny_patterns(is_approved: Callable[[Expr], bool] | None = None,
+                  sparse: bool = True) -> list[FusionPattern]:
     """All tvm_tiny patterns, highest priority first (pure: builds, registers nothing).
 
     ``is_approved(scale_constant)`` restricts the MHSA patterns to regions the canonicalizer
     proved; ``partition_for_tiny`` passes it. The sparse linear pattern does not use it: it
     matches by the sparsity of its constant weight alone. Without ``is_approved`` only the
-    structural checks apply.
+    structural checks apply. ``sparse=False`` leaves the pruned linear layers to TVM (dense).
     """
     check = functools.partial(_check_mhsa, is_approved=is_approved)
     mhsa_s8, s8_annotations = make_mhsa_s8_pattern()
@@ -192,13 +193,16 @@ def tiny_patterns(is_approved: Callable[[Expr], bool] | None = None) -> list[Fus
     linear, linear_annotations = make_linear_sparse_pattern()
     # The int8 chain contains the float chain's ops plus Q/DQ; it is listed first so a QDQ
     # region is claimed whole by the int8 pattern.
-    return [
+    found = [
         FusionPattern(MHSA_S8_COMPOSITE, mhsa_s8, s8_annotations, functools.partial(
             _check_mhsa_s8, is_approved=is_approved)),
         FusionPattern(MHSA_COMPOSITE, mhsa, annotations, check),
-        # After the MHSA patterns: their projections are claimed by the MHSA regions first.
-        FusionPattern(LINEAR_SPARSE_COMPOSITE, linear, linear_annotations, _check_linear_sparse),
     ]
+    if sparse:
+        # After the MHSA patterns: their projections are claimed by the MHSA regions first.
+        found.append(FusionPattern(LINEAR_SPARSE_COMPOSITE, linear, linear_annotations,
+                                   _check_linear_sparse))
+    return found
 
 
 def register_tiny_patterns() -> None:

@@ -1,5 +1,6 @@
-"""Magnitude pruning of ONNX weights (numpy) and the pruned-FFN encoder the sparse tests and
-``benchmarks/sparse.py`` use (issue #8: sparse linear layers outside attention)."""
+"""Magnitude pruning of ONNX weights (numpy) and the pruned encoders the sparse tests and
+``benchmarks/sparse.py`` use (issue #8: pruned MHSA projections inside the offloaded kernel,
+pruned linear layers outside attention)."""
 
 from __future__ import annotations
 
@@ -23,12 +24,15 @@ def magnitude_prune(weight: np.ndarray, sparsity: float) -> np.ndarray:
     return out
 
 
-def prune_initializers(model: onnx.ModelProto, sparsity: float, contains: str = "ffn",
+def prune_initializers(model: onnx.ModelProto, sparsity: float,
+                       contains: str | tuple[str, ...] = "ffn",
                        suffix: str = ".weight") -> onnx.ModelProto:
-    """A copy of ``model`` whose initializers named ``*<contains>*<suffix>`` are pruned."""
+    """A copy of ``model`` whose initializers named ``*<contains>*<suffix>`` (any of several
+    ``contains``) are pruned."""
+    parts = (contains,) if isinstance(contains, str) else contains
     model = onnx.ModelProto.FromString(model.SerializeToString())
     for init in model.graph.initializer:
-        if contains in init.name and init.name.endswith(suffix):
+        if any(part in init.name for part in parts) and init.name.endswith(suffix):
             pruned = magnitude_prune(numpy_helper.to_array(init), sparsity)
             init.CopyFrom(numpy_helper.from_array(pruned, init.name))
     return model
@@ -41,3 +45,13 @@ def pruned_ffn_encoder(sparsity: float, seq: int = 16, embed: int = 32, heads: i
     model = encoder_helper(seq, embed, heads, layers=layers, ffn=ffn, activation="relu",
                            seed=seed)
     return prune_initializers(model, sparsity)
+
+
+def pruned_encoder(sparsity: float, seq: int = 16, embed: int = 32, heads: int = 4,
+                   ffn: int | None = None, layers: int = 1, seed: int = 0,
+                   parts: tuple[str, ...] = ("attn", "ffn")) -> onnx.ModelProto:
+    """``models.encoder_helper`` with the weights of ``parts`` magnitude-pruned: ``"attn"`` the
+    Q, K, V and output projections of every MHSA, ``"ffn"`` the feed-forward matrices."""
+    model = encoder_helper(seq, embed, heads, layers=layers, ffn=ffn, activation="relu",
+                           seed=seed)
+    return prune_initializers(model, sparsity, contains=tuple(f".{p}" for p in parts))

@@ -13,6 +13,10 @@ knob               type  values
 ``tile``           ot    register tile of the kernel's matmuls, ``"2x2"`` ... ``"4x4"``
 ``fma``            ot    ``False`` / ``True``: multiply-adds as ``fmaf`` (one VFMA on
                          Cortex-M; a libm call without an FPU)
+``sparse``         ot    ``False`` / ``True``: pruned layers only (workload ``nnz`` set):
+                         keep every matrix dense, or store each one row-compressed when
+                         that is smaller (fewer flash bytes; faster only below a density
+                         that depends on the board, which is what measuring decides)
 =================  ====  ============================================================
 
 Every knob changes the generated code: ``rows_per_block`` the DFT block size compiled into the
@@ -48,6 +52,7 @@ from ..mhsa_weights import (
     cluster_scratch_bytes,
     scratch_bytes,
 )
+from ..sparse_format import csr_bytes
 from .task import TuningTask, Workload
 from .variant import TILES, KernelVariant
 
@@ -100,9 +105,17 @@ class ConfigEntity:
                 return value
         raise KeyError(name)
 
+    def get(self, name: str, default: Any = None) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            return default
+
     def kernel_config(self) -> KernelConfig:
-        """The ``tt_mhsa_config`` this entity selects."""
-        return KernelConfig(int(self["rows_per_block"]), bool(self["fuse_qk"]))
+        """The ``tt_mhsa_config`` this entity selects (``sparse`` defaults to on: spaces of
+        dense layers have no such knob, and it changes nothing for them)."""
+        return KernelConfig(int(self["rows_per_block"]), bool(self["fuse_qk"]),
+                            bool(self.get("sparse", True)))
 
     def variant(self) -> KernelVariant:
         """The compile-time kernel variant this entity selects."""
@@ -172,12 +185,17 @@ class ConfigSpace:
                            variant: KernelVariant | None = None) -> ConfigEntity | None:
         """The entity of a kernel config and variant (None when a value is not a candidate)."""
         variant = variant or KernelVariant()
+        values = {"rows_per_block": config.rows_per_block, "fuse_qk": config.fuse_qk,
+                  "tile": variant.tile, "fma": variant.fma}
+        if self.has_knob("sparse"):
+            values["sparse"] = config.sparse
         try:
-            return self.entity({"rows_per_block": config.rows_per_block,
-                                "fuse_qk": config.fuse_qk, "tile": variant.tile,
-                                "fma": variant.fma})
+            return self.entity(values)
         except ValueError:
             return None
+
+    def has_knob(self, name: str) -> bool:
+        return any(k.name == name for k in self.knobs)
 
     def record_entity(self, entity: ConfigEntity) -> list[list[Any]]:
         """``[[knob, type, value], ...]`` as AutoTVM's ``config.entity``."""
@@ -210,11 +228,20 @@ class ConfigSpace:
                 else scratch_bytes(shape, config))
 
     def params_bytes(self, entity: ConfigEntity) -> int:
-        """Bytes of the weights the instance stores (the fused or unfused Q/K variant)."""
+        """Bytes of the weights the instance stores (the fused or unfused Q/K variant; pruned
+        matrices row-compressed when ``sparse`` and smaller, the fused Wf counted dense)."""
         s = self.workload.shape
         h, e, p, eo = s.heads, s.embed, s.proj, s.out_features
-        qk = h * e * e + h * e if entity["fuse_qk"] else 2 * (h * p * e + h * p)
-        return (qk + h * p * e + h * p + h * eo * p + eo) * FLOAT32_BYTES
+        nnz = self.workload.nnz if entity.get("sparse", False) else None
+        nq, nk, nv, no = nnz or (h * p * e,) * 3 + (h * eo * p,)
+
+        def matrix(count: int, rows: int, cols: int) -> int:
+            return min(csr_bytes(count, rows, cols), FLOAT32_BYTES * rows * cols)
+
+        qk = (h * e * e * FLOAT32_BYTES + h * e * FLOAT32_BYTES if entity["fuse_qk"]
+              else matrix(nq, h * p, e) + matrix(nk, h * p, e) + 2 * h * p * FLOAT32_BYTES)
+        return (qk + matrix(nv, h * p, e) + matrix(no, h * eo, p)
+                + (h * p + eo) * FLOAT32_BYTES)
 
     def check(self, entity: ConfigEntity) -> str | None:
         """None when the config is valid on the board, else the reason it is not."""
@@ -243,9 +270,9 @@ class ConfigSpace:
         """Knob and workload features of one config, for the cost model (float64 vector).
 
         Knobs: x, log2 x, number of blocks, tail rows, x odd, fuse_qk, tile rows and columns,
-        rows of a block left over by the tile, fma. Workload: S, E, H, P, E_out (logs).
-        Derived: the multiply-accumulates of the Q.K^T path each variant runs and the scratch
-        bytes, so a model trained on one shape transfers to another.
+        rows of a block left over by the tile, fma, sparse. Workload: S, E, H, P, E_out (logs),
+        weight density. Derived: the multiply-accumulates of the Q.K^T path each variant runs
+        and the scratch bytes, so a model trained on one shape transfers to another.
         """
         s = self.workload.shape
         x = min(int(entity["rows_per_block"]), s.seq)
@@ -259,8 +286,17 @@ class ConfigSpace:
             variant.tile_rows, variant.tile_cols, x % variant.tile_rows, float(variant.fma),
             math.log2(s.seq), math.log2(s.embed), math.log2(s.heads), math.log2(s.proj),
             math.log2(s.out_features), math.log2(s.heads * qk_macs),
-            math.log2(self.scratch_bytes(entity)),
+            math.log2(self.scratch_bytes(entity)), float(bool(entity.get("sparse", False))),
+            self._density(),
         ], dtype=np.float64)
+
+    def _density(self) -> float:
+        """Nonzeros of Wq, Wk, Wv, Wo over their sizes (1.0 for a dense workload)."""
+        nnz = self.workload.nnz
+        if nnz is None:
+            return 1.0
+        s = self.workload.shape
+        return sum(nnz) / (3 * s.embed * s.heads * s.proj + s.heads * s.proj * s.out_features)
 
     def feature_matrix(self, indices: list[int]) -> np.ndarray:
         return np.stack([self.features(self.get(i)) for i in indices]) if indices else \
@@ -291,4 +327,6 @@ def config_space(workload: Workload | TuningTask, board: Board | str | None = No
         Knob("tile", KnobType.OTHER, TILES),
         Knob("fma", KnobType.OTHER, (False, True)),
     )
+    if workload.nnz is not None:
+        knobs += (Knob("sparse", KnobType.OTHER, (False, True)),)
     return ConfigSpace(workload, board, knobs)
