@@ -52,7 +52,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from .build import build
 
     lib = build(args.model, target=args.target, offload=not args.no_offload,
-                tuning_log=args.tuning_log)
+                tuning_log=args.tuning_log, sparse=not args.dense)
     out = Path(args.output)
     lib.write_sources(out)
     print(_summary(lib))
@@ -104,7 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .build import build
 
     lib = build(args.model, target=args.target, offload=not args.no_offload,
-                tuning_log=args.tuning_log)
+                tuning_log=args.tuning_log, sparse=not args.dense)
     inputs = _load_inputs(lib, args.input, args.seed)
     outputs = lib.run(*inputs)
     print(_summary(lib))
@@ -122,7 +122,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .project import export_project
 
     lib = build(args.model, target=args.target, offload=not args.no_offload,
-                tuning_log=args.tuning_log)
+                tuning_log=args.tuning_log, sparse=not args.dense)
     out = export_project(lib, args.output)
     print(_summary(lib))
     print(f"project written to {out}/: make -C {out} builds it, make -C {out} run emulates it")
@@ -141,7 +141,8 @@ def _plan_table(title: str, meta: dict[str, Any]) -> str:
 def cmd_report(args: argparse.Namespace) -> int:
     from .build import build
 
-    lib = build(args.model, target=args.target)
+    lib = build(args.model, target=args.target, tuning_log=args.tuning_log,
+                sparse=not args.dense)
     print(_summary(lib))
     print(_plan_table("tvm_tiny plan (MHSA offloaded, depth-first)", lib.metadata))
     if lib.metadata["offloaded"]:
@@ -272,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--target", default="host", help="target profile (default: host)")
         if name != "tune":
             p.add_argument("--tuning-log", help="apply the best records of this tuning log")
+            p.add_argument("--dense", action="store_true",
+                           help="keep pruned weights dense (no row-compressed storage)")
         return p
 
     p = model_command("build", "compile a model to C sources")
