@@ -55,3 +55,15 @@ def pruned_encoder(sparsity: float, seq: int = 16, embed: int = 32, heads: int =
     model = encoder_helper(seq, embed, heads, layers=layers, ffn=ffn, activation="relu",
                            seed=seed)
     return prune_initializers(model, sparsity, contains=tuple(f".{p}" for p in parts))
+
+
+def prune_matrices(model: onnx.ModelProto, sparsity: float) -> onnx.ModelProto:
+    """A copy of ``model`` with every 2-D float32 initializer magnitude-pruned: the weight
+    matrices of any exporter (torch's packed ``in_proj_weight`` and pre-transposed ``nn.Linear``
+    weights included), whatever their names."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for init in model.graph.initializer:
+        if len(init.dims) == 2 and init.data_type == onnx.TensorProto.FLOAT:
+            pruned = magnitude_prune(numpy_helper.to_array(init), sparsity)
+            init.CopyFrom(numpy_helper.from_array(pruned, init.name))
+    return model
