@@ -50,26 +50,53 @@ static tt_status check_args(const tt_linear_dims *dims, const tt_linear_f32_csr_
 }
 
 /* One loop body, instantiated for each column-index type (16-bit when K < 65536): a runtime
- * switch inside the MAC loop would cost instructions per nonzero on the M4. */
+ * switch inside the MAC loop would cost instructions per nonzero on the M4.
+ *
+ * Four rows of x at a time: each nonzero's index and value are loaded once and feed four
+ * multiply-adds (1.5 loads per MAC instead of 3 for one row), with the four sums in FPU
+ * registers; the leftover rows go one at a time. Each sum runs over the output's nonzeros in
+ * ascending k, the same order for every row block. */
 #define TT_LINEAR_CSR_ROWS(NAME, INDEX_T, INDEX_FIELD)                                        \
   static void NAME(const tt_linear_dims *dims, const tt_linear_f32_csr_params *p,           \
                    const float *x, float *y) {                                                \
+    const int32_t R = dims->rows;                                                             \
     const int32_t K = dims->in_features;                                                      \
     const int32_t N = dims->out_features;                                                     \
     const int32_t *col_ptr = p->col_ptr;                                                      \
     const INDEX_T *k_idx = p->INDEX_FIELD;                                                    \
     const float *values = p->values;                                                          \
-    for (int32_t r = 0; r < dims->rows; ++r) {                                                \
-      const float *x_row = x + (int64_t)r * K;                                                \
-      float *y_row = y + (int64_t)r * N;                                                      \
-      int32_t j = col_ptr[0];                                                                 \
-      for (int32_t n = 0; n < N; ++n) {                                                       \
-        const int32_t end = col_ptr[n + 1];                                                   \
+    for (int32_t n = 0; n < N; ++n) {                                                         \
+      const int32_t begin = col_ptr[n];                                                       \
+      const int32_t end = col_ptr[n + 1];                                                     \
+      const float bias = p->bias != NULL ? p->bias[n] : 0.0f;                                 \
+      int32_t r = 0;                                                                          \
+      for (; r + 4 <= R; r += 4) {                                                            \
+        const float *x0 = x + (int64_t)r * K;                                                 \
+        const float *x1 = x0 + K;                                                             \
+        const float *x2 = x1 + K;                                                             \
+        const float *x3 = x2 + K;                                                             \
+        float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;                                     \
+        for (int32_t j = begin; j < end; ++j) {                                               \
+          const int32_t k = k_idx[j];                                                         \
+          const float w = values[j];                                                          \
+          a0 += w * x0[k];                                                                    \
+          a1 += w * x1[k];                                                                    \
+          a2 += w * x2[k];                                                                    \
+          a3 += w * x3[k];                                                                    \
+        }                                                                                     \
+        float *y0 = y + (int64_t)r * N + n;                                                   \
+        y0[0] = p->bias != NULL ? a0 + bias : a0;                                             \
+        y0[N] = p->bias != NULL ? a1 + bias : a1;                                             \
+        y0[2 * N] = p->bias != NULL ? a2 + bias : a2;                                         \
+        y0[3 * N] = p->bias != NULL ? a3 + bias : a3;                                         \
+      }                                                                                       \
+      for (; r < R; ++r) {                                                                    \
+        const float *x_row = x + (int64_t)r * K;                                              \
         float acc = 0.0f;                                                                     \
-        for (; j < end; ++j) {                                                                \
+        for (int32_t j = begin; j < end; ++j) {                                               \
           acc += values[j] * x_row[k_idx[j]];                                                 \
         }                                                                                     \
-        y_row[n] = p->bias != NULL ? acc + p->bias[n] : acc;                                  \
+        y[(int64_t)r * N + n] = p->bias != NULL ? acc + bias : acc;                           \
       }                                                                                       \
     }                                                                                         \
   }
