@@ -20,10 +20,13 @@
  * | values  | [nnz]    | float32 W[k_idx[j]][n]                               |
  * | bias    | [N]      | float32 b, or NULL for a zero bias                   |
  *
- * Why this format on a Cortex-M4: each output is one dot product kept in a
- * single FPU register. Per nonzero the inner loop does two sequential loads
- * from flash (index, value), one load of x (the input row is small and sits
- * in SRAM) and one VMLA, and writes y once per output. The alternative, CSC
+ * Why this format on a Cortex-M4: each output is one dot product kept in an
+ * FPU register, for four rows of x at once. Per nonzero the inner loop does
+ * two sequential loads from flash (index, value), four loads of x (the input
+ * rows are small and sit in SRAM) and four VMLAs, and writes y once per
+ * output and row (measured on stm32l4 in QEMU: a 50%-pruned FFN takes 3.3x
+ * fewer instructions than TVM's dense matmuls, 1.7x fewer than the same loop
+ * over one row at a time; benchmarks/sparse.py). The alternative, CSC
  * by input row k (scatter: y[n] += x[k] * w), needs a load AND a store of
  * y[n] per nonzero (the M4 has no cache to absorb them) and cannot keep the
  * accumulator in a register; a bitmap or block format spends instructions on
