@@ -197,3 +197,18 @@ def test_pruned_torch_exports(name: str) -> None:
     assert {w["format"] for w in entry["weights"].values()} == {"csr"}
     assert lib.metadata["params_bytes"] < dense.metadata["params_bytes"]
     assert_outputs_close(lib.run(*inputs.values()), onnxruntime_outputs(model, inputs))
+
+
+def test_cli_build_reports_storage_and_dense_switch(tmp_path, capsys) -> None:
+    import onnx
+
+    from tvm_tiny.cli import main
+
+    path = tmp_path / "pruned.onnx"
+    onnx.save(_model(0.75), path)
+    assert main(["build", str(path), "-o", str(tmp_path / "sparse")]) == 0
+    sparse_out = capsys.readouterr().out
+    assert "CSR: wq 4096 -> 1668 B" in sparse_out and "pruned linear" in sparse_out
+    assert main(["build", str(path), "-o", str(tmp_path / "dense"), "--dense"]) == 0
+    dense_out = capsys.readouterr().out
+    assert "CSR" not in dense_out and "pruned linear" not in dense_out

@@ -24,7 +24,14 @@ def _summary(lib: Any) -> str:
             f"fuse_qk={k['fuse_qk']}{_variant(k)} ({k['source']}); "
             f"params {entry['unfused_params_bytes']} -> {entry['params_bytes']} B; "
             f"peak {entry['peak_bytes']} B (layer-wise {entry['layerwise_peak_bytes']} B)"
+            + _storage(entry.get("weights", {}))
         )
+    for layer in m.get("sparse_linear", []):
+        lines.append(
+            f"  offloaded {layer['name']}: pruned linear [{layer['rows']}x{layer['in_features']}]"
+            f" x [{layer['in_features']}x{layer['out_features']}], "
+            f"{100 * layer['density']:.0f}% nonzero, CSR: {layer['dense_bytes']} -> "
+            f"{layer['stored_bytes']} B")
     for reason in m.get("not_offloaded", []):
         lines.append(f"  left to TVM: {reason}")
     lines.append(
@@ -32,6 +39,13 @@ def _summary(lib: Any) -> str:
         f"params {m['params_bytes']} B, {len(m['tvm_functions'])} TVM kernel calls"
     )
     return "\n".join(lines)
+
+
+def _storage(weights: dict[str, dict[str, Any]]) -> str:
+    """``; CSR: wq 4096 -> 1668 B, ...`` for the row-compressed matrices of an MHSA."""
+    csr = [f"{name} {w['dense_bytes']} -> {w['stored_bytes']} B" for name, w in weights.items()
+           if w["format"] == "csr"]
+    return "; CSR: " + ", ".join(csr) if csr else ""
 
 
 def _variant(kernel: dict[str, Any]) -> str:
