@@ -152,7 +152,7 @@ def test_pruned_encoder_on_stm32l4(builds) -> None:
     assert board.per_kernel and board.instructions > 0
 
 
-def test_measured_task_reports_both_storages() -> None:
+def test_task_measures_with_the_layers_pruned_weights() -> None:
     """The tuner's task measures with the layer's own pruned weights (not random ones)."""
     model = _model(0.9)
     (task,) = extract_tasks(model, "stm32l4")

@@ -17,7 +17,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .sparse_format import UINT16_LIMIT, CsrMatrix, csr_rows, smaller_sparse
+from .sparse_format import (
+    UINT16_LIMIT,
+    CsrMatrix,
+    csr_bytes,
+    csr_rows,
+    dense_bytes,
+    smaller_sparse,
+)
 
 __all__ = [
     "FLOAT32_BYTES",
@@ -98,13 +105,11 @@ class KernelConfig:
         """
         rows = min(shape.seq, DEFAULT_ROWS_PER_BLOCK)
         by_shape = cls(rows, fuse_qk=shape.embed < 2 * shape.proj)
-        if weights is None:
-            return by_shape
+        if weights is None or not is_pruned(weights, shape):
+            return by_shape  # dense layers: no layout is arranged (FWSA fusion is an einsum)
         unfused, fused = cls(rows, False), cls(rows, True)
         unfused_dense, unfused_csr = stored_arrays_f32(weights, shape, unfused)
         fused_dense, fused_csr = stored_arrays_f32(weights, shape, fused)
-        if not unfused_csr and not fused_csr:
-            return by_shape
         unfused_bytes = stored_params_bytes(unfused_dense, unfused_csr)
         fused_bytes = stored_params_bytes(fused_dense, fused_csr)
         return fused if fused_bytes < unfused_bytes else unfused
@@ -257,10 +262,14 @@ def sparse_matrices(arrays: dict[str, np.ndarray]) -> dict[str, CsrMatrix]:
 
 
 def is_pruned(weights: MhsaWeights, shape: MhsaShape) -> bool:
-    """True when some matrix of the layer, fused or not, is smaller stored row-compressed."""
-    rows = min(shape.seq, DEFAULT_ROWS_PER_BLOCK)
-    return any(sparse_matrices(arrange_f32(weights, shape, KernelConfig(rows, fuse)))
-               for fuse in (False, True))
+    """True when Wq, Wk, Wv or Wo is smaller stored row-compressed in its kernel layout (rows
+    of E for wq/wk/wv, of P for wo), counted from the ONNX matrices without arranging them.
+    A fused Wf can only be sparse when Wq or Wk is, so it need not be formed to decide."""
+    h, p, e, e_out = shape.heads, shape.proj, shape.embed, shape.out_features
+    layouts = ((weights.wq, h * p, e), (weights.wk, h * p, e), (weights.wv, h * p, e),
+               (weights.wo, h * e_out, p))
+    return any(cols < UINT16_LIMIT and csr_bytes(int(np.count_nonzero(w)), rows, cols)
+               < dense_bytes(rows, cols) for w, rows, cols in layouts)
 
 
 def stored_arrays_f32(weights: MhsaWeights, shape: MhsaShape, config: KernelConfig
