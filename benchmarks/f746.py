@@ -1,6 +1,6 @@
 """The 320 KiB board: a TinyFormer-sized int8 hybrid model on the STM32F746 (issue #8).
 
-The model is :func:`tvm_tiny.hybrid.hybrid_ode_int8` at ``size="tinyformer"`` (about 0.7 M
+The model is :func:`tvm_tiny.testing.hybrid.hybrid_ode_int8` at ``size="tinyformer"`` (about 0.7 M
 parameters: two stride-2 conv stems, a 3-step shared-weight Neural-ODE block at 128 channels,
 two encoder layers over 8x8 = 64 tokens with H=4, a linear classifier), int8 QDQ with seeded
 calibration. It is built for ``stm32f746`` (320 KiB SRAM, 1 MiB flash) twice: with the MHSAs
@@ -21,9 +21,9 @@ import numpy as np
 import onnx
 
 import tvm_tiny
-from tvm_tiny.boards import get_board, memory_needs
-from tvm_tiny.errors import MemoryPlanError
-from tvm_tiny.hybrid import calibration_inputs, hybrid_ode, hybrid_ode_int8, parameter_count
+from tvm_tiny.ir.errors import MemoryPlanError
+from tvm_tiny.targets.boards import get_board, memory_needs
+from tvm_tiny.testing.hybrid import calibration_inputs, hybrid_ode, hybrid_ode_int8, parameter_count
 
 BOARD = "stm32f746"
 KIB = 1024

@@ -19,8 +19,8 @@ import sys
 import numpy as np
 
 import tvm_tiny
-from tvm_tiny.errors import MemoryPlanError
-from tvm_tiny.models import mhsa_helper
+from tvm_tiny.ir.errors import MemoryPlanError
+from tvm_tiny.testing.models import mhsa_helper
 
 SHAPES = {  # name: (S, E, H, P), the kernel issue's reference shapes
     "EEGFormer": (81, 32, 8, 32),

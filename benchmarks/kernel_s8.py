@@ -25,15 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
-from tvm_tiny.boards import Board, get_board
-from tvm_tiny.errors import ToolchainError
-from tvm_tiny.kernel_firmware import (
+from tvm_tiny.firmware.kernel_firmware import (
     MhsaS8Case,
     build_kernel_firmware,
     mhsa_s8_harness,
     run_kernel_firmware,
 )
-from tvm_tiny.mhsa_int8 import (
+from tvm_tiny.ir.errors import ToolchainError
+from tvm_tiny.ir.mhsa import KernelConfig, MhsaShape, MhsaWeights
+from tvm_tiny.ir.mhsa_s8 import (
     arrange_s8,
     calibrate_s8,
     context_mode_s8,
@@ -42,7 +42,7 @@ from tvm_tiny.mhsa_int8 import (
     scalar_fields_s8,
     scratch_bytes_s8,
 )
-from tvm_tiny.mhsa_weights import KernelConfig, MhsaShape, MhsaWeights
+from tvm_tiny.targets.boards import Board, get_board
 
 SHAPES = [  # name, S, E, H, P (shared notes, paper-and-deeploy.md "shapes")
     ("EEGFormer", 81, 32, 8, 32),
@@ -50,7 +50,7 @@ SHAPES = [  # name, S, E, H, P (shared notes, paper-and-deeploy.md "shapes")
     ("CCT", 64, 128, 1, 192),
     ("long", 256, 64, 4, 16),
 ]
-VARIANTS = {  # name -> kernel sources (relative to codegen/)
+VARIANTS = {  # name -> kernel sources (relative to kernels/)
     "portable": ["mhsa/tt_mhsa_s8.c"],
     "simd": ["mhsa/tt_mhsa_s8_simd.c"],
 }
@@ -167,7 +167,7 @@ def main() -> int:
     print(f"int8 MHSA on {board.name} ({board.emulator.machine}), arm-none-eabi-gcc -O2 "
           f"{' '.join(board.toolchain.arch_flags)}; commit {git_commit()}, seed {SEED}")
     print("INSTRUCTIONS (QEMU icount + wincount plugin), not cycles; every output bit-exact "
-          "vs tvm_tiny.mhsa_int8.reference_mhsa_s8\n")
+          "vs tvm_tiny.ir.mhsa_s8.reference_mhsa_s8\n")
     head = (f"{'shape (S,E,H,P)':<26}{'fuse':>5}{'MACs':>11}{'scratch B':>10}"
             f"{'portable':>12}{'/MAC':>6}{'simd':>12}{'/MAC':>6}{'speed-up':>9}")
     print(head)

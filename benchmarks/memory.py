@@ -20,8 +20,8 @@ import sys
 from dataclasses import replace
 
 import tvm_tiny
-from tvm_tiny.mhsa_weights import KernelConfig, MhsaShape, scratch_bytes
-from tvm_tiny.models import mhsa_helper
+from tvm_tiny.ir.mhsa import KernelConfig, MhsaShape, scratch_bytes
+from tvm_tiny.testing.models import mhsa_helper
 
 SHAPES = [  # name, S, E, H, P (sources: shared notes, paper-and-deeploy.md "shapes")
     ("EEGFormer", 81, 32, 8, 32),

@@ -1,7 +1,7 @@
 """Pruned weights (issue #8 part 1): flash bytes and instructions, dense vs sparse, on stm32l4.
 
 One encoder layer (onnx.helper, seed 0: S=32, E=64, H=4, P=16, ReLU FFN 64 -> 256 -> 64) whose
-weights are magnitude-pruned (numpy, ``tvm_tiny.pruning``) at 0/50/75/90%, in three groups:
+weights are magnitude-pruned (numpy, ``tvm_tiny.testing.pruning``) at 0/50/75/90%, in three groups:
 
 - ``attn``: the MHSA's Q, K, V and output projections only. The MHSA is offloaded in every
   tvm_tiny build; ``sparse`` stores its pruned matrices row-compressed inside ``tt_mhsa_f32``;
@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 
 import tvm_tiny
-from tvm_tiny.emulator import BoardRun
-from tvm_tiny.errors import MemoryPlanError
-from tvm_tiny.models import example_inputs
-from tvm_tiny.pruning import pruned_encoder
+from tvm_tiny.firmware.qemu import BoardRun
+from tvm_tiny.ir.errors import MemoryPlanError
+from tvm_tiny.testing.models import example_inputs
+from tvm_tiny.testing.pruning import pruned_encoder
 
 SPARSITIES = (0.0, 0.5, 0.75, 0.9)
 GROUPS = {"attn": ("attn",), "ffn": ("ffn",), "both": ("attn", "ffn")}

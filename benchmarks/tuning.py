@@ -36,10 +36,10 @@ import time
 from pathlib import Path
 
 import tvm_tiny
-from tvm_tiny.boards import get_board
-from tvm_tiny.models import example_inputs, mhsa_helper
-from tvm_tiny.resources import codegen_dir, tuning_logs_dir
-from tvm_tiny.toolchain import cache_dir
+from tvm_tiny.targets.boards import get_board
+from tvm_tiny.targets.resources import kernels_dir, tuning_logs_dir
+from tvm_tiny.targets.toolchain import cache_dir
+from tvm_tiny.testing.models import example_inputs, mhsa_helper
 from tvm_tiny.tuning.log import TuningRecord, encode, load_records
 from tvm_tiny.tuning.measure import MeasureErrorNo, MeasureResult
 from tvm_tiny.tuning.space import config_space
@@ -59,7 +59,7 @@ EXHAUSTIVE_LIMIT = 2000
 def _sources_hash(board: str) -> str:
     """Kernel sources, board flags and the cross compiler: what the counts depend on."""
     digest = hashlib.sha256()
-    root = codegen_dir()
+    root = kernels_dir()
     for pattern in ("mhsa/tt_mhsa_f32*.c", "port/*.c", "include/tt_mhsa.h",
                     "include/tt_status.h", "include/tt_cluster.h"):
         for path in sorted(root.glob(pattern)):

@@ -1,4 +1,4 @@
-"""Model builders for the reference networks and tests (re-exported from ``tvm_tiny.models``).
+"""Model builders for the reference networks and tests (re-exported from ``tvm_tiny.testing.models``).
 
 Run ``python examples/models.py [OUT_DIR]`` to regenerate the committed test models in
 ``tests/data`` (default), with their README stating versions and seeds.
@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tvm_tiny.models import *  # noqa: F403
-from tvm_tiny.models import save_test_models
+from tvm_tiny.testing.models import *  # noqa: F403
+from tvm_tiny.testing.models import save_test_models
 
 if __name__ == "__main__":
     default = Path(__file__).resolve().parents[1] / "tests" / "data"

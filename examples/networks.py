@@ -1,4 +1,4 @@
-"""Reference networks of the benchmark suite (re-exported from ``tvm_tiny.networks``).
+"""Reference networks of the benchmark suite (re-exported from ``tvm_tiny.testing.networks``).
 
 ``python examples/networks.py [DIR]`` writes each network as float32 and int8 QDQ ONNX files.
 """
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import onnx
 
-from tvm_tiny.networks import *  # noqa: F403
-from tvm_tiny.networks import NETWORKS, build_network
+from tvm_tiny.testing.networks import *  # noqa: F403
+from tvm_tiny.testing.networks import NETWORKS, build_network
 
 if __name__ == "__main__":
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("networks")

@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 import tvm_tiny
-from tvm_tiny.networks import build_network, network_inputs
+from tvm_tiny.testing.networks import build_network, network_inputs
 
 model = build_network("deeploy_attention")  # S=16, E=64, H=8, P=8, one encoder layer
 (x,) = network_inputs(model)

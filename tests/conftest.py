@@ -2,7 +2,7 @@
 
 Every model of ``tests/data`` is imported, built and run at most once per session (per
 ``offload`` setting): the factories below cache by name. Compiled host libraries are cached by
-content hash in ``$TVM_TINY_CACHE`` / ``~/.cache/tvm_tiny`` (``tvm_tiny.toolchain``), so reruns
+content hash in ``$TVM_TINY_CACHE`` / ``~/.cache/tvm_tiny`` (``tvm_tiny.targets.toolchain``), so reruns
 skip gcc entirely.
 
 Inputs come from ``examples.models.example_inputs(model, seed=INPUT_SEED)`` (standard normal,
@@ -166,7 +166,7 @@ def reference(onnx_model: Callable[[str], onnx.ModelProto],
 @pytest.fixture(scope="session")
 def relax_module(data_dir: Path) -> Callable[[str], object]:
     """``relax_module(name)``: the Relax IRModule tvm_tiny imports from ``<name>.onnx``."""
-    from tvm_tiny.frontend import to_relax
+    from tvm_tiny.frontend.importer import to_relax
 
     cache: dict[str, object] = {}
 

@@ -2,7 +2,7 @@
 
 A drawn :class:`MhsaCase` is a plain, frozen description (style, S, E, H, P, biases, scale
 operator, seeds, dtype); :meth:`MhsaCase.onnx_model` turns it into an ONNX model through the
-builders of :mod:`tvm_tiny.models` and :meth:`MhsaCase.expected_mhsa` says which MHSAs the
+builders of :mod:`tvm_tiny.testing.models` and :meth:`MhsaCase.expected_mhsa` says which MHSAs the
 partitioner must offload. Keeping the case separate from the model means a failing example prints
 as ``MhsaCase(style='helper', seq=1, ...)``, which pastes straight into ``@example(case=...)``.
 
@@ -20,7 +20,7 @@ style                     builder                                   P != E/H, no
 ``nn.MultiheadAttention`` fixes P = E/H and its own scaling; the encoder builder has biases and
 a Mul scale. The torch styles with the builder's defaults (biases, Mul) call the public builders;
 the other combinations export the same modules with ``bias=False`` or a ``Div`` through
-``tvm_tiny.models._export_torch`` so they get the same seeded weights and export settings.
+``tvm_tiny.testing.models._export_torch`` so they get the same seeded weights and export settings.
 
 Torch export costs ~0.2 s per model after a ~5 s first import, so torch styles are drawn about a
 quarter of the time (``STYLE_WEIGHTS``) and every exported model is cached by case.
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import onnx
 from hypothesis import strategies as st
 
-from tvm_tiny import models
+from tvm_tiny.testing import models
 
 #: Export styles, see the module docstring.
 STYLES = ("helper", "encoder", "mha_torch", "torch_linear")

@@ -27,9 +27,9 @@ import pytest
 import tvm
 
 import tvm_tiny
-from tvm_tiny.boards import get_board
-from tvm_tiny.errors import MemoryPlanError, TinyError, ToolchainError
-from tvm_tiny.models import encoder_helper, mhsa_helper
+from tvm_tiny.ir.errors import MemoryPlanError, TinyError, ToolchainError
+from tvm_tiny.targets.boards import get_board
+from tvm_tiny.testing.models import encoder_helper, mhsa_helper
 
 
 # -- tensors over 32-bit byte offsets ------------------------------------------------------
@@ -174,7 +174,7 @@ TUNED_ROWS = 3  # rows_per_block of the good record; the default for S = 8 is 8
 
 def _good_record() -> str:
     """One valid tuning-log line for ``mhsa_helper(*TUNED)`` on the host: rows_per_block 3."""
-    from tvm_tiny.mhsa_weights import KernelConfig, MhsaShape
+    from tvm_tiny.ir.mhsa import KernelConfig, MhsaShape
     from tvm_tiny.tuning import Workload, config_space
     from tvm_tiny.tuning.log import encode, make_record
     from tvm_tiny.tuning.task import target_string

@@ -16,19 +16,19 @@ import numpy as np
 import pytest
 
 import tvm_tiny
-from tvm_tiny.boards import KIB, get_board
-from tvm_tiny.emulator import (
+from tvm_tiny.firmware.qemu import (
     FORK_JOIN_INSTRUCTIONS,
     build_firmware,
     parse_memory_usage,
     parse_windows,
     wincount_plugin,
 )
-from tvm_tiny.errors import MemoryPlanError, ToolchainError
-from tvm_tiny.mhsa_weights import KernelConfig, MhsaShape, cluster_scratch_bytes
-from tvm_tiny.models import encoder_helper, mhsa_helper
-from tvm_tiny.resources import codegen_dir, runtime_dir
-from tvm_tiny.toolchain import compile_host_library
+from tvm_tiny.ir.errors import MemoryPlanError, ToolchainError
+from tvm_tiny.ir.mhsa import KernelConfig, MhsaShape, cluster_scratch_bytes
+from tvm_tiny.targets.boards import KIB, get_board
+from tvm_tiny.targets.resources import kernels_dir, runtime_dir
+from tvm_tiny.targets.toolchain import compile_host_library
+from tvm_tiny.testing.models import encoder_helper, mhsa_helper
 
 #: Boards every emulator test runs on: one per emulated machine family (M4, M7, RV32).
 BOARDS = ["stm32l4", "stm32h7", "gap9"]
@@ -340,9 +340,9 @@ def cluster_kernel():
 
     _require("gcc")
     names = ["mhsa/tt_mhsa_f32.c", "mhsa/tt_mhsa_f32_cluster.c", "port/tt_cluster_serial.c"]
-    files = {f"src/{n}": (codegen_dir() / n).read_text() for n in names}
+    files = {f"src/{n}": (kernels_dir() / n).read_text() for n in names}
     for header in ("tt_mhsa.h", "tt_status.h", "tt_cluster.h"):
-        files[f"include/{header}"] = (codegen_dir() / "include" / header).read_text()
+        files[f"include/{header}"] = (kernels_dir() / "include" / header).read_text()
     files["include/tvm_tiny/tt_profile.h"] = \
         (runtime_dir() / "include/tvm_tiny/tt_profile.h").read_text()
     lib = ctypes.CDLL(str(compile_host_library(

@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import tvm_tiny
-from tvm_tiny.errors import ModelError, RunError, TinyError, UnsupportedOperatorError
+from tvm_tiny.ir.errors import ModelError, RunError, TinyError, UnsupportedOperatorError
 
 OPSET = 17
 

@@ -1,4 +1,4 @@
-"""Hybrid Neural-ODE + MHSA network (issue #8, ``tvm_tiny.hybrid``): the shared-weight ODE
+"""Hybrid Neural-ODE + MHSA network (issue #8, ``tvm_tiny.testing.hybrid``): the shared-weight ODE
 block's convolutions go through TVM, the MHSA is offloaded, float32 and int8 match onnxruntime,
 and the emulated boards agree with the host and profile both kinds of kernel."""
 
@@ -12,8 +12,8 @@ import onnxruntime as ort
 import pytest
 
 import tvm_tiny
-from tvm_tiny.boards import get_board
-from tvm_tiny.hybrid import SIZES, hybrid_ode, hybrid_ode_int8, parameter_count
+from tvm_tiny.targets.boards import get_board
+from tvm_tiny.testing.hybrid import SIZES, hybrid_ode, hybrid_ode_int8, parameter_count
 
 # float32 through 7 convolutions, LayerNorm, GELU and softmax: observed 2.4e-7 relative to
 # max |ref| (same margin argument as tests/conftest.py OUTPUT_RTOL).

@@ -14,13 +14,13 @@ import pytest
 from onnx import numpy_helper
 
 import tvm_tiny
-from tvm_tiny.codegen_s8 import int8_params
-from tvm_tiny.frontend import to_relax
-from tvm_tiny.mhsa import descriptors_of
-from tvm_tiny.mhsa_int8 import reference_mhsa_s8
-from tvm_tiny.mhsa_weights import KernelConfig
-from tvm_tiny.models import encoder_helper, mha_torch, mhsa_helper, mhsa_torch_linear
-from tvm_tiny.partition import partition_for_tiny
+from tvm_tiny.codegen.mhsa_s8 import int8_params
+from tvm_tiny.frontend.importer import to_relax
+from tvm_tiny.ir.mhsa import KernelConfig
+from tvm_tiny.ir.mhsa_s8 import reference_mhsa_s8
+from tvm_tiny.partition.describe import descriptors_of
+from tvm_tiny.partition.partitioner import partition_for_tiny
+from tvm_tiny.testing.models import encoder_helper, mha_torch, mhsa_helper, mhsa_torch_linear
 
 # Accuracy against onnxruntime's reference QDQ semantics, in output quantization steps:
 # (max, mean). The kernel replicates the graph's rounding points (matmul output before the bias,

@@ -1,4 +1,4 @@
-"""Static memory planning: planner properties (``tvm_tiny.memory``) and the arena of real models.
+"""Static memory planning: planner properties (``tvm_tiny.lower.memory``) and the arena of real models.
 
 Planner: random buffer sets (hypothesis) never overlap while alive, stay aligned, and greedy
 never needs more than linear. Arena: a canary-filled caller arena shows the generated code
@@ -13,10 +13,7 @@ import pytest
 from conftest import assert_outputs_close
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import tvm_tiny
-from tvm_tiny.errors import MemoryPlanError, RunError
-from tvm_tiny.memory import (
+from tvm_tiny.lower.memory import (
     GreedyPlanner,
     LinearPlanner,
     MemoryPlanner,
@@ -24,6 +21,9 @@ from tvm_tiny.memory import (
     align_up,
     make_planner,
 )
+
+import tvm_tiny
+from tvm_tiny.ir.errors import MemoryPlanError, RunError
 
 CANARY = 0xA5
 GUARD_BYTES = 256

@@ -1,7 +1,7 @@
-"""The float32 MHSA kernel (codegen/mhsa/tt_mhsa_f32.c) against the numpy reference.
+"""The float32 MHSA kernel (kernels/mhsa/tt_mhsa_f32.c) against the numpy reference.
 
 The kernel is compiled once per session with host gcc and called through
-ctypes, with weights laid out by ``tvm_tiny.mhsa_weights.arrange_f32``; so
+ctypes, with weights laid out by ``tvm_tiny.ir.mhsa.arrange_f32``; so
 these tests cover the C code, the offline layouts and FWSA fusion together.
 """
 
@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tvm_tiny.mhsa_weights import (
+from tvm_tiny.ir.mhsa import (
     FLOAT32_BYTES,
     SPARSE_FIELDS,
     KernelConfig,
@@ -33,8 +33,8 @@ from tvm_tiny.mhsa_weights import (
     stored_params_bytes,
     unfused_params_bytes,
 )
-from tvm_tiny.pruning import magnitude_prune
-from tvm_tiny.sparse_format import CsrMatrix, smaller_sparse
+from tvm_tiny.ir.sparse import CsrMatrix, smaller_sparse
+from tvm_tiny.testing.pruning import magnitude_prune
 
 REPO = Path(__file__).resolve().parents[1]
 KERNEL_C = REPO / "codegen" / "mhsa" / "tt_mhsa_f32.c"

@@ -1,5 +1,5 @@
-"""The int8 MHSA kernels (codegen/mhsa/tt_mhsa_s8*.c) against the numpy model of their integer
-program (``tvm_tiny.mhsa_int8.reference_mhsa_s8``), bit for bit.
+"""The int8 MHSA kernels (kernels/mhsa/tt_mhsa_s8*.c) against the numpy model of their integer
+program (``tvm_tiny.ir.mhsa_s8.reference_mhsa_s8``), bit for bit.
 
 Every variant is compiled once per session with host gcc (strict C99 warnings) and called
 through ctypes with parameters from ``arrange_s8``: the portable reference, the SIMD variant
@@ -24,7 +24,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tvm_tiny.mhsa_int8 import (
+from tvm_tiny.ir.mhsa import KernelConfig, MhsaShape, MhsaWeights
+from tvm_tiny.ir.mhsa_s8 import (
     ACC_ARRAY_FIELDS,
     ACC_STAGE_BITS,
     SCALAR_FIELDS,
@@ -48,17 +49,16 @@ from tvm_tiny.mhsa_int8 import (
     softmax_lut,
     softmax_s8,
 )
-from tvm_tiny.mhsa_weights import KernelConfig, MhsaShape, MhsaWeights
 
 REPO = Path(__file__).resolve().parents[1]
 CODEGEN = REPO / "codegen"
-#: As model builds (tvm_tiny.build.runtime_files): only codegen/include is on the path.
+#: As model builds (tvm_tiny.build.runtime_files): only kernels/include is on the path.
 INCLUDES = [CODEGEN / "include", REPO / "runtime_c" / "include"]
 STRICT_C_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-O2"]
 
 TT_OK, TT_ARG_ERROR, TT_SCRATCH_ERROR = 0, -1, -2
 
-#: variant -> (sources relative to codegen/, extra flags)
+#: variant -> (sources relative to kernels/, extra flags)
 VARIANTS: dict[str, tuple[list[str], list[str]]] = {
     "reference": (["mhsa/tt_mhsa_s8.c"], []),
     "simd": (["mhsa/tt_mhsa_s8_simd.c"], []),
@@ -846,13 +846,13 @@ EMULATOR_CASES = [  # odd S, E not a multiple of 4, odd rows_per_block: every ta
 
 
 def _run_on_board(board_name: str, sources: list[str], cores: int) -> None:
-    from tvm_tiny.boards import get_board
-    from tvm_tiny.kernel_firmware import (
+    from tvm_tiny.firmware.kernel_firmware import (
         MhsaS8Case,
         build_kernel_firmware,
         mhsa_s8_harness,
         run_kernel_firmware,
     )
+    from tvm_tiny.targets.boards import get_board
 
     board = get_board(board_name)
     assert board.toolchain is not None and board.emulator is not None

@@ -11,7 +11,7 @@ import pytest
 
 import tvm_tiny
 from tvm_tiny.bench import main as bench_main
-from tvm_tiny.networks import NETWORKS, build_network, network_inputs
+from tvm_tiny.testing.networks import NETWORKS, build_network, network_inputs
 
 # float32 through two layers of LayerNorm/GELU/softmax: observed <= 4e-7 relative to max |ref|.
 NETWORK_RTOL = 1e-4

@@ -12,9 +12,10 @@ import tvm
 from conftest import NEAR_MISSES, POSITIVE_MODELS, assert_outputs_close
 from tvm import relax
 
-from tvm_tiny import codegen, patterns
-from tvm_tiny.canonicalize import CanonicalizeSelfAttention
-from tvm_tiny.partition import CODEGEN_NAME, PartitionReport, partition_for_tiny
+from tvm_tiny.codegen import ext as codegen
+from tvm_tiny.partition import patterns
+from tvm_tiny.partition.canonicalize import CanonicalizeSelfAttention
+from tvm_tiny.partition.partitioner import CODEGEN_NAME, PartitionReport, partition_for_tiny
 
 
 def _codegen_functions(mod: tvm.IRModule) -> dict[str, relax.Function]:

@@ -26,8 +26,8 @@ import pytest
 from conftest import DATA_DIR
 
 import tvm_tiny
-from tvm_tiny.boards import get_board
-from tvm_tiny.models import mhsa_helper
+from tvm_tiny.targets.boards import get_board
+from tvm_tiny.testing.models import mhsa_helper
 
 SANITIZE_FLAGS = ("-std=c99", "-Wall", "-Wextra", "-O1", "-g", "-fno-omit-frame-pointer",
                   "-fno-strict-aliasing", "-fsanitize=address,undefined",
@@ -318,7 +318,7 @@ def test_heap_check_sees_a_canary_malloc(board, tmp_path):
 def test_linked_firmware_has_no_heap(board, data_dir, tmp_path):
     """The exported project of the test encoder (two offloaded MHSAs, TIR with workspace; on
     GAP9 the cluster kernel) links without any allocator, in both of its ELFs."""
-    from tvm_tiny.project import ELF, PROFILED_ELF
+    from tvm_tiny.firmware.project import ELF, PROFILED_ELF
 
     _, nm = _cross_tools(board)
     lib = tvm_tiny.build(data_dir / "encoder_helper_relu.onnx", target=board)

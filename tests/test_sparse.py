@@ -12,14 +12,19 @@ import pytest
 from conftest import assert_outputs_close, onnxruntime_outputs
 
 import tvm_tiny
-from tvm_tiny import codegen, patterns
-from tvm_tiny.boards import get_board
-from tvm_tiny.codegen_linear import csr_by_output
-from tvm_tiny.frontend import to_relax
-from tvm_tiny.models import example_inputs
-from tvm_tiny.partition import mhsa_functions, partition_for_tiny, sparse_linear_functions
-from tvm_tiny.pruning import magnitude_prune, pruned_ffn_encoder
-from tvm_tiny.resources import codegen_dir
+from tvm_tiny.codegen import ext as codegen
+from tvm_tiny.codegen.linear import csr_by_output
+from tvm_tiny.frontend.importer import to_relax
+from tvm_tiny.partition import patterns
+from tvm_tiny.partition.partitioner import (
+    mhsa_functions,
+    partition_for_tiny,
+    sparse_linear_functions,
+)
+from tvm_tiny.targets.boards import get_board
+from tvm_tiny.targets.resources import kernels_dir
+from tvm_tiny.testing.models import example_inputs
+from tvm_tiny.testing.pruning import magnitude_prune, pruned_ffn_encoder
 
 SPARSITIES = (0.0, 0.5, 0.75, 0.9)
 STRICT_C_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-O2"]
@@ -89,7 +94,7 @@ def test_dense_model_is_unaffected(dense_lib):
     meta = dense_lib.metadata
     assert meta["sparse_linear"] == []
     assert [e["name"] for e in meta["offloaded"]] == ["tvm_tiny_mhsa_0"]
-    # No kernel instance nor library source (every header of codegen/include ships, as before).
+    # No kernel instance nor library source (every header of kernels/include ships, as before).
     assert not any("linear" in name for name in dense_lib.files if name.endswith(".c"))
     model = pruned_ffn_encoder(0.0)
     x = example_inputs(model)
@@ -129,7 +134,7 @@ def test_params_bytes_fall_with_sparsity(libs):
 
 def test_bias_free_and_unpruned_layers():
     """A bias-free pruned matmul is offloaded without a bias; a dense layer next to it is not."""
-    from tvm_tiny.models import _Graph, _linear, _tensor
+    from tvm_tiny.testing.models import _Graph, _linear, _tensor
 
     g = _Graph(3)
     h, w1 = _linear(g, "x", 24, 40, "a", False)
@@ -137,7 +142,7 @@ def test_bias_free_and_unpruned_layers():
     y, _ = _linear(g, h, 40, 8, "b", True)
     g.rename(y, "y")
     model = g.model([_tensor("x", [2, 5, 24])], [_tensor("y", [2, 5, 8])], "two_linear")
-    from tvm_tiny.pruning import prune_initializers
+    from tvm_tiny.testing.pruning import prune_initializers
 
     model = prune_initializers(model, 0.8, contains="a.", suffix="weight")
     lib = tvm_tiny.build(model, name="two_linear")
@@ -151,10 +156,10 @@ def test_bias_free_and_unpruned_layers():
 def test_kernel_rejects_bad_arguments(tmp_path):
     if shutil.which("gcc") is None:
         pytest.skip("gcc not installed")
-    inc = codegen_dir() / "include"
+    inc = kernels_dir() / "include"
     so = tmp_path / "libtt_linear.so"
     subprocess.run(["gcc", *STRICT_C_FLAGS, "-shared", "-fPIC", f"-I{inc}",
-                    str(codegen_dir() / "linear" / "tt_linear_f32_csr.c"), "-o", str(so)],
+                    str(kernels_dir() / "linear" / "tt_linear_f32_csr.c"), "-o", str(so)],
                    check=True)
     lib = ctypes.CDLL(str(so))
 
@@ -231,8 +236,8 @@ def test_sparse_on_emulated_stm32l4_equals_host():
 
 @pytest.mark.parametrize("sparsity", [1.0, 0.95])
 def test_fully_and_nearly_fully_pruned_weight(sparsity):
-    from tvm_tiny.models import _Graph, _linear, _tensor
-    from tvm_tiny.pruning import prune_initializers
+    from tvm_tiny.testing.models import _Graph, _linear, _tensor
+    from tvm_tiny.testing.pruning import prune_initializers
 
     g = _Graph(5)
     y, _ = _linear(g, "x", 70, 3, "a", True)

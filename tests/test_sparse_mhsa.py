@@ -9,11 +9,11 @@ import pytest
 from conftest import assert_outputs_close, onnxruntime_outputs
 
 import tvm_tiny
-from tvm_tiny import models
-from tvm_tiny.boards import get_board
-from tvm_tiny.mhsa_weights import KernelConfig
-from tvm_tiny.models import example_inputs
-from tvm_tiny.pruning import prune_matrices, pruned_encoder
+from tvm_tiny.ir.mhsa import KernelConfig
+from tvm_tiny.targets.boards import get_board
+from tvm_tiny.testing import models
+from tvm_tiny.testing.models import example_inputs
+from tvm_tiny.testing.pruning import prune_matrices, pruned_encoder
 from tvm_tiny.tuning.log import append_records, make_record
 from tvm_tiny.tuning.space import config_space
 from tvm_tiny.tuning.task import TuningTask, Workload, extract_tasks, target_string

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 
 import tvm_tiny
-from tvm_tiny.boards import KIB, Memory, MemoryKind, get_board
-from tvm_tiny.mhsa_weights import KernelConfig, MhsaShape, arrange_f32, reference_mhsa_f32
-from tvm_tiny.resources import codegen_dir
-from tvm_tiny.toolchain import compile_host_library
+from tvm_tiny.ir.mhsa import KernelConfig, MhsaShape, arrange_f32, reference_mhsa_f32
+from tvm_tiny.targets.boards import KIB, Memory, MemoryKind, get_board
+from tvm_tiny.targets.resources import kernels_dir
+from tvm_tiny.targets.toolchain import compile_host_library
 from tvm_tiny.tuning import measure
 from tvm_tiny.tuning.apply import kernel_configs, shipped_log
 from tvm_tiny.tuning.log import (
@@ -404,9 +404,9 @@ def variant_kernels():
     if shutil.which("gcc") is None:
         pytest.skip("gcc not found (Debian package gcc)")
     libs = {}
-    files = {"src/tt_mhsa_f32.c": (codegen_dir() / "mhsa/tt_mhsa_f32.c").read_text()}
+    files = {"src/tt_mhsa_f32.c": (kernels_dir() / "mhsa/tt_mhsa_f32.c").read_text()}
     for header in ("tt_mhsa.h", "tt_status.h"):
-        files[f"include/{header}"] = (codegen_dir() / "include" / header).read_text()
+        files[f"include/{header}"] = (kernels_dir() / "include" / header).read_text()
     for tile in (*TILES, "1x1", "1x4", "4x1"):
         for fma in (False, True):
             variant = KernelVariant(tile, fma)
@@ -437,7 +437,7 @@ def _run_kernel(lib, shape: MhsaShape, config: KernelConfig, weights, x) -> np.n
     params = _Params(scale=weights.scale)
     for name, array in arrays.items():
         setattr(params, name, array.ctypes.data_as(ctypes.POINTER(ctypes.c_float)))
-    from tvm_tiny.mhsa_weights import scratch_bytes
+    from tvm_tiny.ir.mhsa import scratch_bytes
 
     nbytes = scratch_bytes(shape, config)
     scratch = np.zeros(nbytes // 4 + 1, np.float32)
@@ -463,7 +463,7 @@ def test_kernel_variants_match_the_reference(variant_kernels, shape):
     def mat(r, c):
         return (rng.standard_normal((r, c)) / np.sqrt(r)).astype(np.float32)
 
-    from tvm_tiny.mhsa_weights import MhsaWeights
+    from tvm_tiny.ir.mhsa import MhsaWeights
 
     weights = MhsaWeights(mat(e, hp), mat(e, hp), mat(e, hp), mat(hp, shape.out_features),
                           *(rng.standard_normal(n).astype(np.float32)

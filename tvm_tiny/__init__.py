@@ -18,9 +18,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .boards import board_names as boards  # noqa: E402
-from .build import build  # noqa: E402
-from .errors import (  # noqa: E402
+from tvm_tiny.build import build  # noqa: E402
+from tvm_tiny.firmware.project import export_project  # noqa: E402
+from tvm_tiny.frontend.quantize import quantize  # noqa: E402
+from tvm_tiny.ir.errors import (  # noqa: E402
     CodegenError,
     LoweringError,
     MemoryPlanError,
@@ -30,11 +31,10 @@ from .errors import (  # noqa: E402
     ToolchainError,
     UnsupportedOperatorError,
 )
-from .module import TinyModule  # noqa: E402
-from .partition import partition_for_tiny  # noqa: E402
-from .project import export_project  # noqa: E402
-from .quantize import quantize  # noqa: E402
-from .tuning import tune  # noqa: E402
+from tvm_tiny.module import TinyModule  # noqa: E402
+from tvm_tiny.partition.partitioner import partition_for_tiny  # noqa: E402
+from tvm_tiny.targets.boards import board_names as boards  # noqa: E402
+from tvm_tiny.tuning import tune  # noqa: E402
 
 __all__ = [
     "CodegenError",

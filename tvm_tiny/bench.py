@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 import tvm_tiny
-from tvm_tiny.errors import MemoryPlanError
-from tvm_tiny.networks import NETWORKS, build_network, network_inputs
+from tvm_tiny.ir.errors import MemoryPlanError
+from tvm_tiny.testing.networks import NETWORKS, build_network, network_inputs
 
 BOARDS = ("stm32l4", "stm32h7", "gap9")
 DTYPES = ("float32", "int8")

@@ -12,14 +12,14 @@ from typing import Any
 
 import tvm
 
-from . import __version__
-from .aot import AotResult, ExternKernel, emit_aot
-from .boards import Board, check_fit, get_board, memory_needs
-from .frontend import ModelLike, to_relax
-from .lower import build_tir_to_c, fuse_and_plan
-from .memory import DEFAULT_ALIGNMENT
-from .module import TinyModule, metadata_json
-from .resources import TVM_HEADERS, codegen_dir, runtime_dir, tvm_header_dirs
+from tvm_tiny import __version__
+from tvm_tiny.frontend.importer import ModelLike, to_relax
+from tvm_tiny.lower.aot import AotResult, ExternKernel, emit_aot
+from tvm_tiny.lower.memory import DEFAULT_ALIGNMENT
+from tvm_tiny.lower.relax_to_c import build_tir_to_c, fuse_and_plan
+from tvm_tiny.module import TinyModule, metadata_json
+from tvm_tiny.targets.boards import Board, check_fit, get_board, memory_needs
+from tvm_tiny.targets.resources import TVM_HEADERS, kernels_dir, runtime_dir, tvm_header_dirs
 
 
 def _read_tree(root: Any, prefix: str, patterns: tuple[str, ...]) -> dict[str, str]:
@@ -37,9 +37,9 @@ def runtime_files(kernel_sources: list[str]) -> dict[str, str]:
     TVM's headers are copied from the installed wheels (never committed to our repository).
     """
     files = _read_tree(runtime_dir(), "runtime", ("include/**/*.h", "src/**/*.c"))
-    files.update(_read_tree(codegen_dir() / "include", "runtime/include", ("*.h",)))
+    files.update(_read_tree(kernels_dir() / "include", "runtime/include", ("*.h",)))
     for rel in kernel_sources:
-        files[f"runtime/src/{rel}"] = (codegen_dir() / rel).read_text()
+        files[f"runtime/src/{rel}"] = (kernels_dir() / rel).read_text()
     for header in TVM_HEADERS:
         for root in tvm_header_dirs():
             candidate = root / header
@@ -84,7 +84,7 @@ def _compile(mod: tvm.IRModule, name: str, profile: Board, offload: bool,
     rejected: list[str] = []
     sparse_linear: list[dict[str, Any]] = []
     if offload:
-        from .offload import offload_mhsa
+        from tvm_tiny.offload import offload_mhsa
 
         mod, offloaded, externs, kernel_sources, rejected, sparse_linear = offload_mhsa(
             mod, name, profile, tuning_log, sparse)
@@ -129,7 +129,7 @@ def build(model: ModelLike, target: str = "host", offload: bool = True,
         linear layers outside attention (offloaded as ``tvm_tiny.linear``). ``False`` keeps
         every weight dense and the linear layers with TVM: the dense baseline.
     """
-    from .cformat import c_identifier
+    from tvm_tiny.ir.cformat import c_identifier
 
     profile = get_board(target)
     tuning_log = None if tuning_log is None else str(tuning_log)
@@ -169,7 +169,7 @@ def build(model: ModelLike, target: str = "host", offload: bool = True,
 def _variant_header(offloaded: list[dict[str, Any]]) -> dict[str, str]:
     """``runtime/include/tt_mhsa_f32_config.h`` when the tuned kernel variant is not the
     default (every MHSA of a firmware shares the one ``tt_mhsa_f32``; see tuning/apply.py)."""
-    from .tuning.variant import CONFIG_HEADER, KernelVariant
+    from tvm_tiny.tuning.variant import CONFIG_HEADER, KernelVariant
 
     kernels = [e["kernel"] for e in offloaded if e["dtype"] == "float32" and "tile" in e["kernel"]]
     variants = {KernelVariant(k["tile"], bool(k["fma"])) for k in kernels}

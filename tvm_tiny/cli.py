@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import TinyError
+from tvm_tiny.ir.errors import TinyError
 
 
 def _summary(lib: Any) -> str:
@@ -63,7 +63,7 @@ def _load_inputs(lib: Any, paths: list[str] | None, seed: int) -> list[np.ndarra
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from .build import build
+    from tvm_tiny.build import build
 
     lib = build(args.model, target=args.target, offload=not args.no_offload,
                 tuning_log=args.tuning_log, sparse=not args.dense)
@@ -77,7 +77,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 def _board_report(lib: Any, run: Any, host_outputs: list[np.ndarray]) -> str:
     """Instructions per kernel and memory per memory of one emulated run (instructions, not
     cycles)."""
-    from .boards import get_board
+    from tvm_tiny.targets.boards import get_board
 
     board = get_board(run.board)
     lines = [f"instructions on {run.board} (QEMU {run.machine}, -icount shift=0; "
@@ -115,7 +115,7 @@ def _board_report(lib: Any, run: Any, host_outputs: list[np.ndarray]) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .build import build
+    from tvm_tiny.build import build
 
     lib = build(args.model, target=args.target, offload=not args.no_offload,
                 tuning_log=args.tuning_log, sparse=not args.dense)
@@ -132,8 +132,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .build import build
-    from .project import export_project
+    from tvm_tiny.build import build
+    from tvm_tiny.firmware.project import export_project
 
     lib = build(args.model, target=args.target, offload=not args.no_offload,
                 tuning_log=args.tuning_log, sparse=not args.dense)
@@ -153,7 +153,7 @@ def _plan_table(title: str, meta: dict[str, Any]) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .build import build
+    from tvm_tiny.build import build
 
     lib = build(args.model, target=args.target, tuning_log=args.tuning_log,
                 sparse=not args.dense)
@@ -172,7 +172,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def _profile(lib: Any, seed: int) -> str:
     """Instructions of every kernel call of one emulated run, largest first, with its share."""
-    from .errors import RunError
+    from tvm_tiny.ir.errors import RunError
 
     if lib.target == "host":
         raise RunError("--profile counts instructions on an emulated board: pass --target "
@@ -219,7 +219,7 @@ def plot_memory(metadata: dict[str, Any], path: str) -> None:
 def cmd_tune(args: argparse.Namespace) -> int:
     """Tune every MHSA workload of a model on a board; extra tuners (``--tuner xgb,random``)
     run for comparison with logs of their own next to ``--log``."""
-    from .tuning import report, tune
+    from tvm_tiny.tuning import report, tune
 
     tuners = [t.strip() for t in args.tuner.split(",") if t.strip()]
     log = Path(args.log)
@@ -247,8 +247,8 @@ DEMO_SHAPE = {"seq": 32, "embed": 64, "heads": 4, "layers": 2}
 def cmd_demo(args: argparse.Namespace) -> int:
     import onnxruntime as ort
 
-    from .build import build
-    from .models import encoder_helper, example_inputs
+    from tvm_tiny.build import build
+    from tvm_tiny.testing.models import encoder_helper, example_inputs
 
     shape = DEMO_SHAPE
     print(f"[demo] building a {shape['layers']}-layer encoder deterministically "
@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_demo)
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "bench":  # its own argument parser (--quick, --networks, ...)
-        from .bench import main as bench_main
+        from tvm_tiny.bench import main as bench_main
 
         return bench_main(argv[1:])
     args = parser.parse_args(argv)

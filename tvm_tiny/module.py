@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from .aot import TensorSpec
-from .errors import RunError
-from .toolchain import compile_host_library
+from tvm_tiny.ir.errors import RunError
+from tvm_tiny.lower.aot import TensorSpec
+from tvm_tiny.targets.toolchain import compile_host_library
 
 _HOST_DEFINES = ()
 
@@ -132,13 +132,13 @@ class TinyModule:
     # -- running on a board -------------------------------------------------------------------
     def run_on_board(self, *inputs: np.ndarray) -> Any:
         """Cross-compile for the board this module was built for, run it in the board's
-        emulator (QEMU) and count instructions: see :func:`tvm_tiny.emulator.run_on_board`.
+        emulator (QEMU) and count instructions: see :func:`tvm_tiny.firmware.qemu.run_on_board`.
 
-        Returns a :class:`tvm_tiny.emulator.BoardRun` with ``.outputs`` (equal to :meth:`run`
+        Returns a :class:`tvm_tiny.firmware.qemu.BoardRun` with ``.outputs`` (equal to :meth:`run`
         within float tolerance), ``.instructions`` (one run), ``.per_kernel`` and, on RISC-V,
         ``.minstret``.
         """
-        from .emulator import run_on_board
+        from tvm_tiny.firmware.qemu import run_on_board
 
         return run_on_board(self, *inputs)
 

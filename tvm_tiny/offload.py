@@ -12,18 +12,18 @@ from typing import Any
 import tvm
 from tvm import relax
 
-from .aot import ExternKernel
-from .boards import Board
-from .codegen import CodegenOptions, generate_kernel
-from .errors import CodegenError
-from .mhsa import offloaded_symbol
-from .mhsa_weights import MhsaShape, unfused_params_bytes
-from .partition import (
+from tvm_tiny.codegen.ext import CodegenOptions, generate_kernel
+from tvm_tiny.ir.errors import CodegenError
+from tvm_tiny.ir.mhsa import MhsaShape, unfused_params_bytes
+from tvm_tiny.lower.aot import ExternKernel
+from tvm_tiny.partition.describe import offloaded_symbol
+from tvm_tiny.partition.partitioner import (
     PartitionReport,
     mhsa_functions,
     partition_for_tiny,
     sparse_linear_functions,
 )
+from tvm_tiny.targets.boards import Board
 
 
 def _kernel_configs(mod: tvm.IRModule, profile: Board, tuning_log: str | None = None,
@@ -31,9 +31,9 @@ def _kernel_configs(mod: tvm.IRModule, profile: Board, tuning_log: str | None = 
     """The best tuning record per (board, workload): from ``tuning_log``, else the shipped
     ``tuning_logs/<board>.jsonl``, else the board default (:mod:`tvm_tiny.tuning.apply`).
     ``sparse=False`` forces every MHSA's weights dense (the default then ignores pruning)."""
-    from .mhsa import describe_mhsa
-    from .tuning.apply import kernel_configs
-    from .tuning.task import Workload
+    from tvm_tiny.partition.describe import describe_mhsa
+    from tvm_tiny.tuning.apply import kernel_configs
+    from tvm_tiny.tuning.task import Workload
 
     workloads, weights = {}, {}
     for gv in mhsa_functions(mod):
@@ -84,7 +84,7 @@ def offload_mhsa(mod: tvm.IRModule, model: str, profile: Board, tuning_log: str 
     for gv in mhsa_functions(mod):
         func = mod[gv]
         kernel = generate_kernel(func, options)
-        from .mhsa import describe_mhsa
+        from tvm_tiny.partition.describe import describe_mhsa
 
         desc = describe_mhsa(func, kernel.symbol)
         externs[kernel.symbol] = ExternKernel(kernel.symbol, kernel.c_function,
@@ -125,7 +125,7 @@ def _offload_sparse_linear(mod: tvm.IRModule, options: CodegenOptions,
                            externs: dict[str, ExternKernel], library: list[str]
                            ) -> list[dict[str, Any]]:
     """Generate every ``tvm_tiny.linear`` kernel; their metadata records."""
-    from .codegen_linear import describe_linear, metadata_entry
+    from tvm_tiny.codegen.linear import describe_linear, metadata_entry
 
     records = []
     for gv in sparse_linear_functions(mod):
@@ -143,9 +143,9 @@ def layerwise_peak_bytes(func: relax.Function, model: str, profile: Board) -> in
     The offloaded composite is compiled as a model of its own, so the figure is measured the same
     way as ours: arena (planned intermediates + TIR workspace) plus the input and output tensors.
     """
-    from .aot import emit_aot
-    from .lower import build_tir_to_c, fuse_and_plan
-    from .mhsa import _composite_of
+    from tvm_tiny.lower.aot import emit_aot
+    from tvm_tiny.lower.relax_to_c import build_tir_to_c, fuse_and_plan
+    from tvm_tiny.partition.describe import _composite_of
 
     composite = _composite_of(func)
     standalone = relax.Function(composite.params, composite.body, composite.ret_ty)

@@ -13,11 +13,17 @@ Nothing heavy is imported here: TVM, XGBoost and the toolchains load when used.
 
 from __future__ import annotations
 
-from .log import TuningLogWarning, TuningRecord, best_records, load_records
-from .measure import COST_UNIT, BatchResult, MeasureErrorNo, MeasureOptions, MeasureResult
-from .space import ConfigEntity, ConfigSpace, Knob, KnobType, config_space
-from .task import TuningTask, Workload, extract_tasks
-from .tuner import (
+from tvm_tiny.tuning.log import TuningLogWarning, TuningRecord, best_records, load_records
+from tvm_tiny.tuning.measure import (
+    COST_UNIT,
+    BatchResult,
+    MeasureErrorNo,
+    MeasureOptions,
+    MeasureResult,
+)
+from tvm_tiny.tuning.space import ConfigEntity, ConfigSpace, Knob, KnobType, config_space
+from tvm_tiny.tuning.task import TuningTask, Workload, extract_tasks
+from tvm_tiny.tuning.tuner import (
     ExecutorMeasurer,
     GridTuner,
     Progress,
@@ -27,7 +33,7 @@ from .tuner import (
     XGBTuner,
     tune,
 )
-from .variant import KernelVariant
+from tvm_tiny.tuning.variant import KernelVariant
 
 __all__ = [
     "COST_UNIT",

@@ -21,13 +21,13 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..boards import get_board
-from ..mhsa_weights import KernelConfig, MhsaWeights
-from ..resources import tuning_logs_dir
-from .log import TuningLogWarning, TuningRecord, load_records
-from .space import ConfigEntity, config_space
-from .task import TASK_NAMES, Workload
-from .variant import KernelVariant
+from tvm_tiny.ir.mhsa import KernelConfig, MhsaWeights
+from tvm_tiny.targets.boards import get_board
+from tvm_tiny.targets.resources import tuning_logs_dir
+from tvm_tiny.tuning.log import TuningLogWarning, TuningRecord, load_records
+from tvm_tiny.tuning.space import ConfigEntity, config_space
+from tvm_tiny.tuning.task import TASK_NAMES, Workload
+from tvm_tiny.tuning.variant import KernelVariant
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from .space import ConfigSpace
+from tvm_tiny.tuning.space import ConfigSpace
 
 #: Boosting rounds and tree settings for spaces of a few hundred to a few thousand configs
 #: trained on at most a few hundred measurements.

@@ -4,7 +4,7 @@
 ``tt_window_begin()`` / ``tt_window_end()`` and writes its output. Each kernel variant of the
 batch is a compile group of its own (the kernel library compiled with that variant's macros and
 renamed symbols, plus the instances that use it), so several variants share one firmware. The
-compiler flags are the deployed firmware's (:func:`tvm_tiny.project.firmware_cflags`) and the
+compiler flags are the deployed firmware's (:func:`tvm_tiny.firmware.project.firmware_cflags`) and the
 linker script has the board's real memory sizes.
 """
 
@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from ..boards import Board
-from ..errors import ToolchainError
-from .space import ConfigEntity, ConfigSpace
-from .task import TuningTask
+from tvm_tiny.ir.errors import ToolchainError
+from tvm_tiny.targets.boards import Board
+from tvm_tiny.tuning.space import ConfigEntity, ConfigSpace
+from tvm_tiny.tuning.task import TuningTask
 
 #: Compiler processes one measurement runs at once (one per kernel variant of the batch).
 PARALLEL_COMPILES = 2
@@ -101,8 +101,8 @@ class Firmware:
 
 def firmware_sources(task: TuningTask, space: ConfigSpace, entities: list[ConfigEntity],
               kernels: dict[int, Any]) -> Firmware:
-    from ..project import linker_script
-    from ..resources import codegen_dir, runtime_dir
+    from tvm_tiny.firmware.project import linker_script
+    from tvm_tiny.targets.resources import kernels_dir, runtime_dir
 
     board = space.board
     fw = Firmware(list(entities))
@@ -134,8 +134,8 @@ def firmware_sources(task: TuningTask, space: ConfigSpace, entities: list[Config
             fw.labels += [f"cfg{entity.index} fork{f} core{c}" for f in range(forks)
                           for c in range(cores)]
     for rel in library:
-        fw.files[f"lib/{rel}"] = (codegen_dir() / rel).read_text()
-    for header in (codegen_dir() / "include").glob("*.h"):
+        fw.files[f"lib/{rel}"] = (kernels_dir() / rel).read_text()
+    for header in (kernels_dir() / "include").glob("*.h"):
         fw.files[f"include/{header.name}"] = header.read_text()
     for rel in ("include/tvm_tiny/tt_profile.h", "include/tvm_tiny/tt_runtime.h",
                 "src/tt_profile.c", "ports/semihost/tt_port.h", "ports/semihost/tt_port.c"):
@@ -182,7 +182,7 @@ def _run_all(jobs: list[tuple[list[str], Path]], timeout_s: float) -> None:
 
 
 def _include_flags(directory: Path) -> list[str]:
-    from ..resources import tvm_header_dirs
+    from tvm_tiny.targets.resources import tvm_header_dirs
 
     flags = [f"-I{directory / d}" for d in ("include", "rt/include", "rt/ports/semihost")]
     return flags + [f"-I{d}" for d in tvm_header_dirs()]
@@ -190,7 +190,7 @@ def _include_flags(directory: Path) -> list[str]:
 
 def compile_firmware(board: Board, directory: Path, fw: Firmware, timeout_s: float) -> None:
     """Cross-compile (one command per compile group) and link ``fw`` in ``directory``."""
-    from ..project import firmware_cflags, firmware_ldflags
+    from tvm_tiny.firmware.project import firmware_cflags, firmware_ldflags
 
     assert board.toolchain is not None
     tc = board.toolchain
@@ -212,7 +212,7 @@ def compile_firmware(board: Board, directory: Path, fw: Firmware, timeout_s: flo
 
 def compile_instance(board: Board, directory: Path, entity: ConfigEntity) -> str | None:
     """Compile one instance alone (no link); the compiler's message when it fails."""
-    from ..project import firmware_cflags
+    from tvm_tiny.firmware.project import firmware_cflags
 
     assert board.toolchain is not None
     tc = board.toolchain
@@ -231,7 +231,7 @@ class EmulatedRun:
 
 
 def emulate(board: Board, directory: Path, x: np.ndarray, timeout_s: float) -> EmulatedRun:
-    from ..emulator import WINDOW_LINE, run_qemu, symbols_of
+    from tvm_tiny.firmware.qemu import WINDOW_LINE, run_qemu, symbols_of
 
     assert board.emulator is not None and board.toolchain is not None
     elf = directory / "tune.elf"
@@ -260,7 +260,7 @@ def window_costs(fw: Firmware, windows: list[tuple[int, int | None]]
     """(cost, all_cost) per instance k from the windows: the instructions of its window, or on
     a cluster the modelled parallel latency and the instructions of all cores one after
     another."""
-    from ..emulator import FORK_JOIN_INSTRUCTIONS
+    from tvm_tiny.firmware.qemu import FORK_JOIN_INSTRUCTIONS
 
     costs: dict[int, tuple[float, float]] = {}
     k = -1

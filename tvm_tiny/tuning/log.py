@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .task import Workload, board_of_target
+from tvm_tiny.tuning.task import Workload, board_of_target
 
 LOG_VERSION = 0.2
 """AutoTVM's record format version (``autotvm.record.AUTOTVM_LOG_VERSION``)."""
@@ -83,7 +83,7 @@ class TuningRecord:
 def _versions() -> tuple[str, str]:
     from importlib import metadata
 
-    from .. import __version__
+    from tvm_tiny import __version__
 
     try:
         tvm_version = metadata.version("apache-tvm")

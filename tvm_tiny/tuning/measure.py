@@ -1,17 +1,17 @@
 """Measure a batch of configs of one task in ONE firmware on the board's emulator.
 
-Each config is emitted by the code generator (:func:`tvm_tiny.codegen.emit_mhsa_f32`, exactly
+Each config is emitted by the code generator (:func:`tvm_tiny.codegen.ext.emit_mhsa_f32`, exactly
 what ``build`` emits) as its own kernel instance with a distinct symbol
 (``tvmtiny_tune_cfg<index>``). The harness (``main.c``) reads one input, then calls every
 instance in turn between ``tt_window_begin()`` / ``tt_window_end()`` and writes its output; QEMU
 with ``-icount shift=0`` and the ``wincount`` plugin counts the INSTRUCTIONS of each window (not
 cycles). Every output is checked against the float64 numpy reference
-(:func:`tvm_tiny.mhsa_weights.reference_mhsa_f32`).
+(:func:`tvm_tiny.ir.mhsa.reference_mhsa_f32`).
 
 On a cluster board (GAP9) the instance calls ``tt_mhsa_f32_cluster`` like the build does; the
 cores run one after another (portable port) and each core's task is a window, so the cost is
 the MODELLED parallel latency (slowest core per fork plus the assumed fork/join cost, as
-:class:`tvm_tiny.emulator.ClusterModel`).
+:class:`tvm_tiny.firmware.qemu.ClusterModel`).
 
 A config that cannot be instantiated, does not compile or link, returns an error status, hangs
 or computes a wrong answer gets a result with an AutoTVM error number; the others of its batch
@@ -34,9 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import TinyError, ToolchainError
-from ..mhsa_weights import reference_mhsa_f32
-from .firmware import (
+from tvm_tiny.ir.errors import TinyError, ToolchainError
+from tvm_tiny.ir.mhsa import reference_mhsa_f32
+from tvm_tiny.tuning.firmware import (
     Firmware,
     compile_firmware,
     compile_instance,
@@ -44,8 +44,8 @@ from .firmware import (
     firmware_sources,
     window_costs,
 )
-from .space import ConfigEntity, ConfigSpace, config_space
-from .task import TuningTask
+from tvm_tiny.tuning.space import ConfigEntity, ConfigSpace, config_space
+from tvm_tiny.tuning.task import TuningTask
 
 #: What every cost of a record counts (STYLE.md: emulator figures are instructions).
 COST_UNIT = "instructions"
@@ -53,7 +53,7 @@ COST_UNIT = "instructions"
 #: Output check: max |y - ref| <= OUTPUT_TOL * max(1, max |ref|). The kernel rounds in float32
 #: through chained dot products and expf (a few 1e-6 relative at these sizes); FWSA adds one
 #: rounding of the fused weights. 1e-4 is the build's own board-vs-host tolerance
-#: (tvm_tiny.project.OUTPUT_ATOL) and leaves a wide margin, while a layout or tiling slip gives
+#: (tvm_tiny.firmware.project.OUTPUT_ATOL) and leaves a wide margin, while a layout or tiling slip gives
 #: O(1) errors.
 OUTPUT_TOL = 1e-4
 
@@ -133,8 +133,8 @@ def measure_input(task: TuningTask, seed: int) -> np.ndarray:
 # -- firmware sources ---------------------------------------------------------------------------
 def _instance(task: TuningTask, space: ConfigSpace, entity: ConfigEntity):  # noqa: ANN202
     """The code generator's C instance of one config (a ``GeneratedKernel``)."""
-    from ..codegen import emit_mhsa_f32
-    from ..mhsa import MhsaDescriptor
+    from tvm_tiny.codegen.mhsa_f32 import emit_mhsa_f32
+    from tvm_tiny.partition.describe import MhsaDescriptor
 
     desc = MhsaDescriptor(f"cfg{entity.index}", task.shape, task.weights, task.workload.dtype)
     return emit_mhsa_f32(desc, entity.kernel_config(), "tune",

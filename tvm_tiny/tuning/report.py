@@ -10,7 +10,7 @@ import math
 import sys
 from typing import TextIO
 
-from .tuner import Progress, TaskResult
+from tvm_tiny.tuning.tuner import Progress, TaskResult
 
 
 def _instr(value: float | None) -> str:

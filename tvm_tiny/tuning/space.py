@@ -44,17 +44,17 @@ from typing import Any
 
 import numpy as np
 
-from ..boards import Board, get_board
-from ..mhsa_weights import (
+from tvm_tiny.ir.mhsa import (
     FLOAT32_BYTES,
     KernelConfig,
     MhsaShape,
     cluster_scratch_bytes,
     scratch_bytes,
 )
-from ..sparse_format import csr_bytes
-from .task import TuningTask, Workload
-from .variant import TILES, KernelVariant
+from tvm_tiny.ir.sparse import csr_bytes
+from tvm_tiny.targets.boards import Board, get_board
+from tvm_tiny.tuning.task import TuningTask, Workload
+from tvm_tiny.tuning.variant import TILES, KernelVariant
 
 #: The smallest blocks are always candidates; beyond them, the block sizes that give a distinct
 #: number of blocks (ceil(S / n) for every n), so no candidate only pads another's tail.

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from ..boards import Board, get_board
-from ..mhsa_weights import KernelConfig, MhsaShape, MhsaWeights, is_pruned
+from tvm_tiny.ir.mhsa import KernelConfig, MhsaShape, MhsaWeights, is_pruned
+from tvm_tiny.targets.boards import Board, get_board
 
-#: Task name per dtype: the library kernel measured (``codegen/mhsa/tt_mhsa_<type>.c``).
+#: Task name per dtype: the library kernel measured (``kernels/mhsa/tt_mhsa_<type>.c``).
 TASK_NAMES = {"float32": "tt_mhsa_f32"}
 
 
@@ -151,9 +151,9 @@ def extract_tasks(model: Any, target: str) -> list[TuningTask]:
 
     MHSAs whose dtype has no tunable kernel yet are skipped with a warning.
     """
-    from ..frontend import to_relax
-    from ..mhsa import describe_mhsa, offloaded_symbol
-    from ..partition import mhsa_functions, partition_for_tiny
+    from tvm_tiny.frontend.importer import to_relax
+    from tvm_tiny.partition.describe import describe_mhsa, offloaded_symbol
+    from tvm_tiny.partition.partitioner import mhsa_functions, partition_for_tiny
 
     board = get_board(target)
     mod, _ = to_relax(model)

@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from .cost_model import XGBCostModel
-from .log import TuningRecord, append_records, load_records, make_record
-from .measure import MeasureErrorNo, MeasureOptions, MeasureResult, measure_batch
-from .space import ConfigEntity, ConfigSpace, config_space
-from .task import TuningTask
+from tvm_tiny.tuning.cost_model import XGBCostModel
+from tvm_tiny.tuning.log import TuningRecord, append_records, load_records, make_record
+from tvm_tiny.tuning.measure import MeasureErrorNo, MeasureOptions, MeasureResult, measure_batch
+from tvm_tiny.tuning.space import ConfigEntity, ConfigSpace, config_space
+from tvm_tiny.tuning.task import TuningTask
 
 Measurer = Callable[[TuningTask, list[int]], list[MeasureResult]]
 """Measures configs of a task: results in the order of the indices."""
@@ -473,9 +473,9 @@ def tune(model: Any, target: str = "stm32h7", trials: int = 64,
     measurer
         Replace the emulator measurement altogether (tests, replays).
     """
-    from ..boards import get_board
-    from ..errors import TinyError
-    from .task import extract_tasks
+    from tvm_tiny.ir.errors import TinyError
+    from tvm_tiny.targets.boards import get_board
+    from tvm_tiny.tuning.task import extract_tasks
 
     board = get_board(target)
     if log is not None:
@@ -486,7 +486,9 @@ def tune(model: Any, target: str = "stm32h7", trials: int = 64,
     tasks = extract_tasks(model, target)
     own = measurer is None
     if own:
-        from ..emulator import check_board_tools  # fail early, naming the missing package
+        from tvm_tiny.firmware.qemu import (
+            check_board_tools,  # fail early, naming the missing package
+        )
 
         check_board_tools(board)
         measurer = ExecutorMeasurer(executor, workers)
@@ -504,6 +506,6 @@ def tune(model: Any, target: str = "stm32h7", trials: int = 64,
 
 
 def _board_names() -> list[str]:
-    from ..boards import board_names
+    from tvm_tiny.targets.boards import board_names
 
     return board_names()

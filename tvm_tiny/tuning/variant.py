@@ -1,6 +1,6 @@
 """Compile-time variants of the float32 MHSA kernel: register tile and multiply-add form.
 
-``codegen/mhsa/tt_mhsa_f32.c`` reads three macros (defaults: today's reference code):
+``kernels/mhsa/tt_mhsa_f32.c`` reads three macros (defaults: today's reference code):
 
 ======================  =======  ====================================================
 macro                   values   effect

@@ -1,0 +1,1 @@
+"""Firmware projects for a board: one builder, and the runners that execute them."""

@@ -1,0 +1,1 @@
+"""Shared types of every stage: MHSA and linear descriptors, quantization, kernel configs, errors."""

@@ -1,0 +1,577 @@
+"""AOT emitter: the lowered Relax ``main`` → one static, heap-free C entry point.
+
+TVM 0.27 has no AOT executor for C. After ``default_build_pipeline`` (StaticPlanBlockMemory,
+VMShapeLower) ``main`` is a flat list of bindings: ``vm.alloc_storage`` (static size),
+``vm.alloc_tensor`` (a view into a storage), calls of PrimFuncs (destination-passing),
+``call_packed`` of our offloaded kernels, ``vm.builtin.reshape`` views and ``kill_object``. This
+module turns it into
+
+* one arena: every storage token and every kernel's scratch/workspace is a buffer whose lifetime
+  is the steps that use it; the greedy planner packs them (``memory.py``);
+* constants as aligned ``static const`` arrays;
+* ``int32_t tvmtiny_<model>_run(inputs, outputs)`` calling the kernels in order, in the spirit of
+  microTVM's ``tvmgen_default_run``, plus ``..._run_with_arena`` for a caller-owned arena;
+* around every kernel call ``TT_STEP_BEGIN(i)``/``TT_STEP_END(i)`` (``tvm_tiny/tt_profile.h``):
+  nothing unless the firmware is built with ``TT_PROFILE_STEPS``, then calls of the marker
+  functions the emulator's instruction counter watches (one window per step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from tvm_tiny.ir.cformat import c_identifier, c_type, const_array, dl_type
+from tvm_tiny.ir.errors import LoweringError, MemoryPlanError
+from tvm_tiny.ir.relax_compat import constant_value, is_constant, shape_expr_values, static_shape
+from tvm_tiny.lower.memory import DEFAULT_ALIGNMENT, PlannerKind, align_up, make_planner
+
+MAX_PACKED_ARGS = 32  # mirrors TT_MAX_PACKED_ARGS in runtime_c/include/tvm_tiny/tt_runtime.h
+# Generated offsets, scratch sizes and kernel arguments are 32-bit (as are MCU address spaces).
+MAX_BYTES = 2**31 - 1
+_SKIPPED_BUILTINS = ("vm.builtin.check_tensor_info", "vm.builtin.match_shape")
+
+
+@dataclass(frozen=True)
+class ExternKernel:
+    """An offloaded kernel as the AOT needs it: its C function and its scratch need in bytes."""
+
+    symbol: str
+    c_function: str
+    scratch_bytes: int
+    source: str
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """Where a tensor's bytes live: a model input/output, an arena storage or a constant."""
+
+    kind: str  # "input" | "output" | "storage" | "const"
+    index: int
+    byte_offset: int
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+
+@dataclass
+class Step:
+    """One kernel call of the entry point."""
+
+    kind: str  # "tir" | "extern"
+    name: str
+    c_function: str
+    args: list[TensorRef]
+    scratch_bytes: int = 0
+    scratch_buffer: int = -1  # planner buffer index of the scratch/workspace
+
+
+@dataclass
+class TensorSpec:
+    """A model input or output as the C API exposes it."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+
+@dataclass
+class AotResult:
+    """Generated sources and the facts about them the build reports."""
+
+    model_c: str
+    model_h: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    arena_bytes: int
+    linear_arena_bytes: int
+    params_bytes: int
+    steps: list[Step]
+    buffers: list[dict[str, object]] = field(default_factory=list)
+    usage_by_step: list[int] = field(default_factory=list)
+
+
+class _MainWalker:
+    """Collect steps, storages, tensor locations and constants from the lowered main."""
+
+    def __init__(self, func: relax.Function, externs: dict[str, ExternKernel],
+                 tir_symbols: dict[str, str], workspace: dict[str, int]) -> None:
+        self.externs = externs
+        self.tir_symbols = tir_symbols
+        self.workspace = workspace
+        self.storage_sizes: list[int] = []
+        self.storage_of: dict[relax.Var, int] = {}
+        self.tensors: dict[relax.Var, TensorRef] = {}
+        self.constants: list[tuple[relax.Expr, np.ndarray]] = []
+        self.steps: list[Step] = []
+        self.tuples: dict[relax.Var, list[relax.Expr]] = {}
+        self.inputs: list[TensorSpec] = []
+        for i, param in enumerate(func.params):
+            shape = static_shape(param)
+            if shape is None:
+                raise LoweringError(f"main parameter '{param.name}' has no static shape")
+            dtype = str(param.ty.dtype)
+            self.inputs.append(TensorSpec(c_identifier(param.name), shape, dtype))
+            self.tensors[param] = TensorRef("input", i, 0, shape, dtype)
+        body = func.body
+        for block in body.blocks:
+            for binding in block.bindings:
+                self._visit(binding.var, binding.value)
+        self.result = body.body
+        if isinstance(self.result, relax.Var) and self.result in self.tuples:
+            self.result = relax.Tuple(self.tuples[self.result])
+
+    def _const_ref(self, expr: relax.Expr) -> TensorRef:
+        """The constant's index, shared by every use of the same constant object."""
+        index = next((k for k, (c, _) in enumerate(self.constants) if c.same_as(expr)), None)
+        if index is None:
+            self.constants.append((expr, constant_value(expr)))
+            index = len(self.constants) - 1
+        i = index
+        value = self.constants[i][1]
+        return TensorRef("const", i, 0, tuple(value.shape), str(value.dtype))
+
+    def _tensor_arg(self, arg: relax.Expr, where: str) -> TensorRef:
+        if is_constant(arg):
+            return self._const_ref(arg)
+        if isinstance(arg, relax.Var) and arg in self.tensors:
+            return self.tensors[arg]
+        raise LoweringError(f"{where}: argument {arg} is not a tensor the AOT emitter tracks")
+
+    def _visit(self, var: relax.Var, value: relax.Expr) -> None:
+        if not isinstance(value, relax.Call):
+            if isinstance(value, relax.Var) and value in self.tensors:
+                self.tensors[var] = self.tensors[value]
+                return
+            if is_constant(value):
+                self.tensors[var] = self._const_ref(value)
+                return
+            if isinstance(value, relax.Tuple):
+                self.tuples[var] = list(value.fields)
+                return
+            raise LoweringError(f"unsupported binding in lowered main: {var} = {value}")
+        op = value.op
+        if isinstance(op, tvm.ir.Op):
+            self._visit_op(var, op.name, value)
+        elif isinstance(op, relax.ExternFunc):
+            self._visit_packed(var, str(op.global_symbol), value)
+        elif isinstance(op, tvm.ir.GlobalVar):
+            name = op.name_hint
+            if name not in self.tir_symbols:
+                raise LoweringError(f"main calls '{name}', which is not a compiled PrimFunc")
+            args = [self._tensor_arg(a, f"call of {name}") for a in value.args]
+            self.steps.append(Step("tir", name, f"__tvm_ffi_{self.tir_symbols[name]}", args,
+                                   self.workspace.get(name, 0)))
+        else:
+            raise LoweringError(f"unsupported callee in lowered main: {op}")
+
+    def _visit_op(self, var: relax.Var, name: str, call: relax.Call) -> None:
+        if name == "relax.vm.alloc_storage":
+            (size,) = shape_expr_values(call.args[0])
+            self.storage_of[var] = len(self.storage_sizes)
+            self.storage_sizes.append(size)
+        elif name == "relax.vm.alloc_tensor":
+            storage = self.storage_of[call.args[0]]
+            offset = int(call.args[1].value)
+            shape = shape_expr_values(call.args[2])
+            dtype = str(call.args[3].value)
+            self.tensors[var] = TensorRef("storage", storage, offset, shape, dtype)
+        elif name in ("relax.vm.kill_object", "relax.null_value"):
+            return
+        elif name == "relax.call_packed":
+            raise LoweringError("unexpected relax.call_packed op form in lowered main")
+        else:
+            raise LoweringError(f"operator '{name}' survived lowering; the AOT cannot emit it")
+
+    def _visit_packed(self, var: relax.Var, symbol: str, call: relax.Call) -> None:
+        if symbol in _SKIPPED_BUILTINS:
+            return  # shapes are static and checked by the caller of the entry point
+        if symbol == "vm.builtin.reshape":
+            src = self._tensor_arg(call.args[0], "reshape")
+            shape = static_shape(var) or shape_expr_values(call.args[1])
+            self.tensors[var] = TensorRef(src.kind, src.index, src.byte_offset, shape, src.dtype)
+            return
+        if symbol in self.externs:
+            kernel = self.externs[symbol]
+            args = [self._tensor_arg(a, f"call of {symbol}") for a in call.args]
+            self.steps.append(Step("extern", symbol, kernel.c_function, args,
+                                   kernel.scratch_bytes))
+            return
+        raise LoweringError(f"packed function '{symbol}' has no implementation in tvm_tiny")
+
+
+def _result_vars(result: relax.Expr) -> list[relax.Expr]:
+    if isinstance(result, relax.Tuple):
+        return list(result.fields)
+    return [result]
+
+
+class AotEmitter:
+    """Plan and print the entry point of one model. Use :func:`emit_aot`."""
+
+    def __init__(self, model: str, walker: _MainWalker, alignment: int) -> None:
+        self.model = model
+        self.prefix = f"tvmtiny_{model}"
+        self.w = walker
+        self.alignment = alignment
+        self.outputs: list[TensorSpec] = []
+        self.output_storage: dict[int, int] = {}  # storage index -> output index
+        self._bind_outputs()
+
+    def _bind_outputs(self) -> None:
+        """Map each returned tensor onto the caller's output buffer when its storage allows it."""
+        uses: dict[int, int] = {}
+        for ref in self.w.tensors.values():
+            if ref.kind == "storage":
+                uses[ref.index] = uses.get(ref.index, 0) + 1
+        for i, expr in enumerate(_result_vars(self.w.result)):
+            if not isinstance(expr, relax.Var) or expr not in self.w.tensors:
+                raise LoweringError(f"model output {i} ({expr}) is not a computed tensor")
+            ref = self.w.tensors[expr]
+            name = "output" if len(_result_vars(self.w.result)) == 1 else f"output{i}"
+            self.outputs.append(TensorSpec(name, ref.shape, ref.dtype))
+            if ref.kind != "storage":
+                raise LoweringError(
+                    f"model output {i} is a model {ref.kind} passed through unchanged; "
+                    "tvm_tiny needs every output to be computed by a kernel"
+                )
+            exclusive = ref.byte_offset == 0 and self.w.storage_sizes[ref.index] == ref.nbytes
+            if exclusive and ref.index not in self.output_storage:
+                self.output_storage[ref.index] = i
+
+    # -- planning ------------------------------------------------------------------------------
+    def plan(self, planner_kind: PlannerKind) -> tuple[list[int], list[int], object]:
+        """Lifetimes of storages (steps that touch them) and per-step scratch → offsets."""
+        first: dict[int, int] = {}
+        last: dict[int, int] = {}
+        for step_index, step in enumerate(self.w.steps):
+            for ref in step.args:
+                if ref.kind == "storage":
+                    first.setdefault(ref.index, step_index)
+                    last[ref.index] = step_index
+        # Outputs copied out at the end stay alive until then.
+        end = len(self.w.steps)
+        for i, expr in enumerate(_result_vars(self.w.result)):
+            ref = self.w.tensors[expr]
+            if ref.index not in self.output_storage or self.output_storage[ref.index] != i:
+                first.setdefault(ref.index, end)
+                last[ref.index] = end
+        planner = make_planner(planner_kind, self.alignment)
+        storage_buffer = [-1] * len(self.w.storage_sizes)
+        for storage, size in enumerate(self.w.storage_sizes):
+            if storage in self.output_storage or storage not in first:
+                continue
+            storage_buffer[storage] = planner.add_buffer(
+                f"storage{storage}", size, first[storage], last[storage]
+            )
+        scratch_buffer = []
+        for step_index, step in enumerate(self.w.steps):
+            if step.scratch_bytes > 0:
+                label = "scratch" if step.kind == "extern" else "workspace"
+                scratch_buffer.append(planner.add_buffer(
+                    f"{step.name}.{label}", step.scratch_bytes, step_index, step_index))
+            else:
+                scratch_buffer.append(-1)
+        return storage_buffer, scratch_buffer, planner
+
+    # -- printing ------------------------------------------------------------------------------
+    def _data_expr(self, ref: TensorRef, storage_buffer: list[int], offsets: list[int]) -> str:
+        if ref.kind == "input":
+            return f"(void *)(uintptr_t)inputs->{self.w.inputs[ref.index].name}"
+        if ref.kind == "const":
+            return f"(void *)(uintptr_t){self.prefix}_const_{ref.index}"
+        if ref.index in self.output_storage:
+            out = self.outputs[self.output_storage[ref.index]].name
+            return f"(void *)((uint8_t *)outputs->{out} + {ref.byte_offset})"
+        return f"(void *)(arena + {offsets[storage_buffer[ref.index]] + ref.byte_offset})"
+
+    def _check_32bit(self) -> None:
+        """Refuse tensors or scratch that 32-bit offsets cannot address, naming them."""
+        named = [(f"input '{t.name}'", t) for t in self.w.inputs]
+        named += [(f"output '{t.name}'", t) for t in self.outputs]
+        for label, t in named:
+            if t.nbytes > MAX_BYTES:
+                raise MemoryPlanError(
+                    f"{label} {t.dtype}{list(t.shape)} is {t.nbytes} bytes; tvm_tiny's generated "
+                    f"C uses 32-bit offsets (at most {MAX_BYTES} bytes per buffer)")
+        for storage, size in enumerate(self.w.storage_sizes):
+            if size > MAX_BYTES:
+                shapes = [list(r.shape) for r in self.w.tensors.values()
+                          if r.kind == "storage" and r.index == storage]
+                raise MemoryPlanError(
+                    f"intermediate storage {storage} (tensors {shapes[:2]}) is {size} bytes; "
+                    f"tvm_tiny's generated C uses 32-bit offsets (at most {MAX_BYTES} bytes)")
+        for step in self.w.steps:
+            if step.scratch_bytes > MAX_BYTES:
+                raise MemoryPlanError(f"{step.name} needs {step.scratch_bytes} bytes of scratch; "
+                                      f"at most {MAX_BYTES} are addressable")
+
+    def emit(self, arena_limit: int | None) -> AotResult:
+        self._check_32bit()
+        storage_buffer, scratch_buffer, planner = self.plan(PlannerKind.GREEDY)
+        offsets = planner.offsets()
+        arena_bytes = max(planner.peak(), self.alignment)
+        planner.check_no_overlap()
+        linear = self.plan(PlannerKind.LINEAR)[2].peak()
+        if arena_bytes > MAX_BYTES:
+            raise MemoryPlanError(
+                f"model '{self.model}' needs an arena of {arena_bytes} bytes; tvm_tiny's "
+                f"generated C uses 32-bit offsets (at most {MAX_BYTES} bytes)")
+        if arena_limit is not None and arena_limit < arena_bytes:
+            raise MemoryPlanError(
+                f"model '{self.model}' needs an arena of {arena_bytes} bytes; the requested "
+                f"arena of {arena_limit} bytes is {arena_bytes - arena_limit} bytes short"
+            )
+        if arena_limit is not None:
+            arena_bytes = arena_limit
+        upper = self.prefix.upper()
+        shapes: dict[tuple[int, ...], str] = {}
+
+        def shape_name(shape: tuple[int, ...]) -> str:
+            if shape not in shapes:
+                shapes[shape] = f"{self.prefix}_shape_{len(shapes)}"
+            return shapes[shape]
+
+        body: list[str] = []
+        for i, step in enumerate(self.w.steps):
+            body.append(self._emit_step(i, step, storage_buffer, scratch_buffer[i], offsets,
+                                        shape_name))
+        body.extend(self._emit_output_copies(storage_buffer, offsets))
+
+        consts = []
+        params_bytes = 0
+        for i, (_, value) in enumerate(self.w.constants):
+            params_bytes += value.nbytes
+            consts.append(const_array(f"{self.prefix}_const_{i}", value, self.alignment,
+                                      f"constant {i}: {value.dtype}{list(value.shape)}"))
+        shape_defs = [
+            f"static const int64_t {name}[{max(len(s), 1)}] = {{"
+            f"{', '.join(f'INT64_C({d})' for d in s) or 'INT64_C(0)'}}};"
+            for s, name in shapes.items()
+        ]
+        externs = sorted({s.c_function for s in self.w.steps if s.kind == "extern"})
+        tirs = sorted({s.c_function for s in self.w.steps if s.kind == "tir"})
+        decls = [f"int32_t {fn}(const void *const *args, void *const *outs, uint8_t *scratch, "
+                 f"int32_t scratch_bytes);" for fn in externs]
+        decls += [f"int32_t {fn}(void *self, void *args, int32_t num_args, void *result);"
+                  for fn in tirs]
+        model_c = _MODEL_C.format(
+            model=self.model, prefix=self.prefix, upper=upper,
+            decls="\n".join(decls), consts="\n".join(consts), shapes="\n".join(shape_defs),
+            body="\n".join(body), alignment=self.alignment, arena_bytes=arena_bytes,
+            io_check=self._emit_io_check(),
+        )
+        model_h = self._emit_header(arena_bytes, params_bytes)
+        buffers = [
+            {"name": b.name, "bytes": b.size, "offset": off, "first_step": b.first_use,
+             "last_step": b.last_use}
+            for b, off in zip(planner.buffers, offsets)
+        ]
+        return AotResult(model_c, model_h, self.w.inputs, self.outputs, arena_bytes, linear,
+                         params_bytes, self.w.steps, buffers, planner.usage_by_step())
+
+    def _emit_step(self, i: int, step: Step, storage_buffer: list[int], scratch: int,
+                   offsets: list[int], shape_name: object) -> str:
+        lines = [f"  /* step {i}: {step.name} */", f"  TT_STEP_BEGIN({i});", "  {"]
+        if step.kind == "tir":
+            if len(step.args) > MAX_PACKED_ARGS:
+                raise LoweringError(f"{step.name} takes {len(step.args)} tensors; the runtime "
+                                    f"passes at most {MAX_PACKED_ARGS}")
+            for j, ref in enumerate(step.args):
+                code, bits = dl_type(ref.dtype)
+                data = self._data_expr(ref, storage_buffer, offsets)
+                lines.append(
+                    f"    DLTensor t{j} = tt_make_tensor({data}, "
+                    f"{len(ref.shape)}, {shape_name(ref.shape)}, {code}, {bits});"
+                )
+            ptrs = ", ".join(f"&t{j}" for j in range(len(step.args)))
+            lines.append(f"    DLTensor *const args[{len(step.args)}] = {{{ptrs}}};")
+            if scratch >= 0:
+                lines.append(f"    tt_workspace_bind(arena + {offsets[scratch]}, "
+                             f"{step.scratch_bytes});")
+            else:
+                lines.append("    tt_workspace_unbind();")
+            lines.append(f"    rc = tt_call_packed({step.c_function}, \"{step.name}\", args, "
+                         f"{len(step.args)});")
+        else:
+            *ins, out = step.args
+            in_exprs = ", ".join(self._data_expr(r, storage_buffer, offsets) for r in ins)
+            lines.append(f"    const void *const in[{len(ins)}] = {{{in_exprs}}};")
+            out_expr = self._data_expr(out, storage_buffer, offsets)
+            lines.append(f"    void *const out[1] = {{{out_expr}}};")
+            scratch_expr = f"arena + {offsets[scratch]}" if scratch >= 0 else "NULL"
+            lines.append(f"    rc = {step.c_function}(in, out, {scratch_expr}, "
+                         f"{step.scratch_bytes});")
+            lines.append(
+                f"    if (rc != 0) tt_set_error(\"offloaded kernel failed: {step.name}\");")
+        lines.append("  }")
+        lines.append(f"  TT_STEP_END({i});")
+        lines.append("  if (rc != 0) return rc;")
+        return "\n".join(lines)
+
+    def _emit_output_copies(self, storage_buffer: list[int], offsets: list[int]) -> list[str]:
+        lines = []
+        for i, expr in enumerate(_result_vars(self.w.result)):
+            ref = self.w.tensors[expr]
+            if self.output_storage.get(ref.index) == i:
+                continue
+            src = self._data_expr(ref, storage_buffer, offsets)
+            lines.append(f"  memcpy(outputs->{self.outputs[i].name}, {src}, {ref.nbytes});")
+        return lines
+
+    def _emit_io_check(self) -> str:
+        names = [f"inputs->{t.name}" for t in self.w.inputs]
+        names += [f"outputs->{t.name}" for t in self.outputs]
+        cond = " || ".join(f"{n} == NULL" for n in names)
+        return (f"  if (inputs == NULL || outputs == NULL || {cond}) "
+                "return TT_RUNTIME_NULL_ARGUMENT;")
+
+    def _emit_header(self, arena_bytes: int, params_bytes: int) -> str:
+        upper = self.prefix.upper()
+        size_macros, in_fields, out_fields = [], [], []
+        for t in self.w.inputs:
+            size_macros.append(f"#define {upper}_{t.name.upper()}_SIZE {t.nbytes} "
+                               f"/* {t.dtype}{list(t.shape)} */")
+            in_fields.append(
+                f"  const {c_type(t.dtype)} *{t.name}; /* {t.dtype}{list(t.shape)} */")
+        for t in self.outputs:
+            size_macros.append(f"#define {upper}_{t.name.upper()}_SIZE {t.nbytes} "
+                               f"/* {t.dtype}{list(t.shape)} */")
+            out_fields.append(f"  {c_type(t.dtype)} *{t.name}; /* {t.dtype}{list(t.shape)} */")
+        return _MODEL_H.format(
+            model=self.model, prefix=self.prefix, upper=upper, arena=arena_bytes,
+            params=params_bytes, alignment=self.alignment, sizes="\n".join(size_macros),
+            in_fields="\n".join(in_fields), out_fields="\n".join(out_fields),
+        )
+
+
+def workspace_bytes_by_function(tir_c_source: str, tir_symbols: dict[str, str],
+                                alignment: int = DEFAULT_ALIGNMENT) -> dict[str, int]:
+    """Bytes of ``TVMBackendAllocWorkspace`` each PrimFunc may hold at once.
+
+    The sum of every allocation in the function body (each aligned as the runtime aligns it) is
+    an upper bound: TVM frees workspace LIFO and never allocates one buffer twice concurrently.
+    """
+    import re
+
+    result: dict[str, int] = {}
+    alloc = re.compile(r"TVMBackendAllocWorkspace\(\s*\d+\s*,\s*\w+\s*,\s*\(uint64_t\)(\d+)")
+    starts = [(m.start(), m.group(1)) for m in re.finditer(
+        r"int32_t __tvm_ffi_(\w+)\(void\* self_handle[^)]*\)\s*\{", tir_c_source)]
+    by_symbol = {sym: name for name, sym in tir_symbols.items()}
+    for k, (start, symbol) in enumerate(starts):
+        end = starts[k + 1][0] if k + 1 < len(starts) else len(tir_c_source)
+        sizes = [int(s) for s in alloc.findall(tir_c_source[start:end])]
+        if symbol in by_symbol:
+            result[by_symbol[symbol]] = sum(align_up(s, alignment) for s in sizes)
+    return result
+
+
+def emit_aot(lowered_main: relax.Function, model: str, externs: dict[str, ExternKernel],
+             tir_symbols: dict[str, str], tir_c_source: str, *,
+             alignment: int = DEFAULT_ALIGNMENT, arena_limit: int | None = None) -> AotResult:
+    """Plan the arena and print the model's C entry point and header.
+
+    ``arena_limit`` fixes the arena size; a limit below the plan's need is refused with the
+    number of bytes missing.
+    """
+    workspace = workspace_bytes_by_function(tir_c_source, tir_symbols, alignment)
+    walker = _MainWalker(lowered_main, externs, tir_symbols, workspace)
+    return AotEmitter(c_identifier(model), walker, alignment).emit(arena_limit)
+
+
+_MODEL_H = """\
+/*
+ * tvm_tiny model '{model}': AOT entry point (generated; do not edit).
+ * All working memory lives in one arena of {upper}_ARENA_BYTES bytes; no heap is used.
+ */
+#ifndef {upper}_H_
+#define {upper}_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {{
+#endif
+
+/** Peak working memory (static arena, including TIR workspace and kernel scratch). */
+#define {upper}_ARENA_BYTES {arena}
+/** Alignment of the arena and of every constant array. */
+#define {upper}_ARENA_ALIGNMENT {alignment}
+/** Bytes of constant parameters (weights, biases, tables) in flash. */
+#define {upper}_PARAMS_BYTES {params}
+{sizes}
+
+struct {prefix}_inputs {{
+{in_fields}
+}};
+
+struct {prefix}_outputs {{
+{out_fields}
+}};
+
+/** Run the model with the built-in static arena. Returns 0 or a negative tt_runtime_status. */
+int32_t {prefix}_run(const struct {prefix}_inputs *inputs, struct {prefix}_outputs *outputs);
+
+/** Run the model in a caller-owned arena of at least {upper}_ARENA_BYTES bytes, aligned to
+ * {upper}_ARENA_ALIGNMENT. A smaller arena returns TT_RUNTIME_ARENA_TOO_SMALL. */
+int32_t {prefix}_run_with_arena(const struct {prefix}_inputs *inputs,
+                                struct {prefix}_outputs *outputs, uint8_t *arena,
+                                size_t arena_bytes);
+
+#ifdef __cplusplus
+}}
+#endif
+
+#endif /* {upper}_H_ */
+"""
+
+_MODEL_C = """\
+/*
+ * tvm_tiny model '{model}': AOT entry point, constants and static arena (generated).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "tvm_tiny/tt_profile.h"
+#include "tvm_tiny/tt_runtime.h"
+#include "{prefix}.h"
+
+/* Kernels: offloaded (tvm_tiny codegen) and TIR (TVM's C codegen, packed ABI). */
+{decls}
+
+{consts}
+{shapes}
+
+static uint8_t {prefix}_arena[{upper}_ARENA_BYTES] TT_ALIGNED({alignment});
+
+int32_t {prefix}_run_with_arena(const struct {prefix}_inputs *inputs,
+                                struct {prefix}_outputs *outputs, uint8_t *arena,
+                                size_t arena_bytes) {{
+  int32_t rc = 0;
+{io_check}
+  if (arena == NULL || arena_bytes < {upper}_ARENA_BYTES) {{
+    tt_set_error("arena smaller than {upper}_ARENA_BYTES ({arena_bytes} bytes)");
+    return TT_RUNTIME_ARENA_TOO_SMALL;
+  }}
+{body}
+  tt_workspace_unbind();
+  return rc;
+}}
+
+int32_t {prefix}_run(const struct {prefix}_inputs *inputs, struct {prefix}_outputs *outputs) {{
+  return {prefix}_run_with_arena(inputs, outputs, {prefix}_arena, sizeof({prefix}_arena));
+}}
+"""

@@ -1,0 +1,174 @@
+"""MHSA descriptors: read shape, weights and scale out of an offloaded ``tvm_tiny.mhsa`` function.
+
+The partitioner only offloads the canonical chain (``patterns.make_mhsa_pattern``), so the
+descriptor is read by matching that same pattern inside the composite function and taking the
+annotated constants; nothing is inferred from names or positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from tvm_tiny.ir.errors import CodegenError
+from tvm_tiny.ir.mhsa import MhsaShape, MhsaWeights
+from tvm_tiny.ir.relax_compat import constant_value, is_constant, static_shape
+from tvm_tiny.partition.attention_match import MhsaQuantization
+from tvm_tiny.partition.layout_trace import QuantPoint, per_tensor_qparams
+from tvm_tiny.partition.patterns import (
+    MHSA_COMPOSITE,
+    MHSA_S8_COMPOSITE,
+    make_mhsa_pattern,
+    make_mhsa_s8_pattern,
+)
+from tvm_tiny.partition.qdq import QuantizedWeight
+
+
+@dataclass(frozen=True)
+class MhsaDescriptor:
+    """Everything the code generator needs to instantiate one MHSA kernel.
+
+    ``weights`` are float (dequantized for int8, where ``quant`` holds the integer side).
+    """
+
+    symbol: str
+    shape: MhsaShape
+    weights: MhsaWeights
+    dtype: str
+    quant: MhsaQuantization | None = None
+
+
+_COMPOSITES = (MHSA_COMPOSITE, MHSA_S8_COMPOSITE)
+
+
+def _composite_of(func: relax.Function) -> relax.Function:
+    """The ``Composite`` function inside an offloaded wrapper (or ``func`` itself)."""
+    if func.attrs is not None and func.attrs.get("Composite") in _COMPOSITES:
+        return func
+    for block in func.body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            if isinstance(value, relax.Function):
+                return _composite_of(value)
+            if isinstance(value, relax.Call) and isinstance(value.op, relax.Function):
+                return _composite_of(value.op)
+    raise CodegenError("offloaded function holds no 'tvm_tiny.mhsa' composite function")
+
+
+def describe_mhsa(func: relax.Function, symbol: str) -> MhsaDescriptor:
+    """Extract the :class:`MhsaDescriptor` of an offloaded function (see module docstring)."""
+    composite = _composite_of(func)
+    if composite.attrs.get("Composite") == MHSA_S8_COMPOSITE:
+        return _describe_mhsa_s8(composite, symbol)
+    var2val = {b.var: b.value for block in composite.body.blocks for b in block.bindings}
+    pattern, annotations = make_mhsa_pattern()
+    result = composite.body.body
+    root = var2val.get(result, result)
+    matched = pattern.extract_matched_expr(root, var2val)
+    if matched is None:
+        raise CodegenError(f"'{symbol}' is not the canonical tvm_tiny.mhsa chain")
+
+    def const(name: str) -> np.ndarray | None:
+        expr = matched.get(annotations[name])
+        if expr is None:
+            return None
+        if not is_constant(expr):
+            raise CodegenError(f"'{symbol}': {name} is not a constant")
+        return constant_value(expr)
+
+    x_shape = static_shape(matched[annotations["x"]])
+    probs_shape = static_shape(matched[annotations["probs"]])
+    if x_shape is None or probs_shape is None:
+        raise CodegenError(f"'{symbol}': MHSA shapes are not static")
+    wq = const("wq")
+    heads, seq = probs_shape[1], probs_shape[2]
+    weights = MhsaWeights(
+        wq=wq, wk=const("wk"), wv=const("wv"), wo=const("wo"),
+        bq=const("bq"), bk=const("bk"), bv=const("bv"), bo=const("bo"),
+        scale=float(const("scale").reshape(-1)[0]),
+    )
+    shape = MhsaShape(seq=seq, embed=x_shape[-1], heads=heads, proj=wq.shape[1] // heads,
+                      out_features=weights.wo.shape[1])
+    weights.check_shape(shape)
+    dtype = str(matched[annotations["x"]].ty.dtype)
+    return MhsaDescriptor(symbol, shape, weights, dtype)
+
+
+def _describe_mhsa_s8(composite: relax.Function, symbol: str) -> MhsaDescriptor:
+    """Read the canonical QDQ chain: quantization at each point, int8 weights, float biases."""
+    var2val = {b.var: b.value for block in composite.body.blocks for b in block.bindings}
+    pattern, annotations = make_mhsa_s8_pattern()
+    result = composite.body.body
+    matched = pattern.extract_matched_expr(var2val.get(result, result), var2val)
+    if matched is None:
+        raise CodegenError(f"'{symbol}' is not the canonical tvm_tiny.mhsa_s8 chain")
+
+    def node(name: str) -> relax.Expr:
+        return matched[annotations[name]]
+
+    def point(name: str) -> QuantPoint:
+        call = node(name)
+        params = per_tensor_qparams(call)
+        if params is None:
+            raise CodegenError(f"'{symbol}': {name} is not quantized per tensor")
+        dtype = str(call.attrs.out_dtype) if name != "x" else str(call.args[0].ty.dtype)
+        return QuantPoint(params[0], params[1], dtype, call)
+
+    def weight(name: str) -> QuantizedWeight:
+        call = node(name)
+        values, scale = constant_value(call.args[0]), constant_value(call.args[1])
+        columns = values.shape[1]
+        return QuantizedWeight(values, np.broadcast_to(scale.reshape(-1), (columns,)).astype(
+            np.float32))
+
+    def bias(name: str) -> np.ndarray | None:
+        expr = matched.get(annotations[name])
+        return None if expr is None else constant_value(expr).reshape(-1).astype(np.float32)
+
+    def optional_point(name: str) -> QuantPoint | None:
+        return point(name) if matched.get(annotations[name]) is not None else None
+
+    root = node("root")
+    quant = MhsaQuantization(
+        x=point("x"), q=point("q"), k=point("k"), v=point("v"), scores=point("scores"),
+        probs=point("probs"), ctx=point("ctx"),
+        y=QuantPoint(*per_tensor_qparams(root), str(root.attrs.out_dtype), root),
+        wq=weight("wq"), wk=weight("wk"), wv=weight("wv"), wo=weight("wo"),
+        q_acc=optional_point("q_acc"), k_acc=optional_point("k_acc"),
+        v_acc=optional_point("v_acc"), o_acc=optional_point("o_acc"),
+        qk_acc=optional_point("qk_acc"),
+    )
+
+    def dequantized(w: QuantizedWeight) -> np.ndarray:
+        return (w.values.astype(np.float32) * w.scale).astype(np.float32)
+
+    x_shape = static_shape(node("xq"))
+    heads = static_shape(node("scores"))[1]
+    weights = MhsaWeights(
+        wq=dequantized(quant.wq), wk=dequantized(quant.wk), wv=dequantized(quant.wv),
+        wo=dequantized(quant.wo), bq=bias("bq"), bk=bias("bk"), bv=bias("bv"), bo=bias("bo"),
+        scale=float(constant_value(node("scale")).reshape(-1)[0]),
+    )
+    shape = MhsaShape(seq=x_shape[-2], embed=x_shape[-1], heads=heads,
+                      proj=quant.wq.values.shape[1] // heads,
+                      out_features=quant.wo.values.shape[1])
+    weights.check_shape(shape)
+    return MhsaDescriptor(symbol, shape, weights, "int8", quant)
+
+
+def offloaded_symbol(func: relax.Function) -> str:
+    """The ``global_symbol`` of an offloaded function."""
+    symbol = func.attrs.get("global_symbol") if func.attrs is not None else None
+    if symbol is None:
+        raise CodegenError("offloaded function has no global_symbol")
+    return str(symbol)
+
+
+def descriptors_of(mod: tvm.IRModule) -> list[MhsaDescriptor]:
+    """Descriptors of every offloaded MHSA of a partitioned module, in call order."""
+    from tvm_tiny.partition.partitioner import mhsa_functions
+
+    return [describe_mhsa(mod[gv], offloaded_symbol(mod[gv])) for gv in mhsa_functions(mod)]

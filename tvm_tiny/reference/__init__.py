@@ -1,0 +1,1 @@
+"""numpy golden models of every kernel's arithmetic (bit-exact for integer paths)."""

@@ -1,0 +1,1 @@
+"""Board profiles (data), host and cross toolchains, where the shipped C sources live."""

@@ -1,0 +1,1 @@
+"""Deterministic model builders: test models, reference networks, hybrids, pruning."""
