@@ -9,10 +9,12 @@ demo: setup
 	$(PY) -m tvm_tiny.cli demo
 
 test: setup
+	.venv/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
 
 lint: setup
 	.venv/bin/ruff check .
+	.venv/bin/lint-imports --no-cache
 
 # Random MHSA models through the whole compiler (tests/test_fuzz.py, profile `fuzz`): 500
 # examples with a fresh seed each run (TVM_TINY_FUZZ_EXAMPLES=N for more; replay one seed with

@@ -37,8 +37,8 @@ from tvm_tiny.ir.sparse import CsrMatrix, smaller_sparse
 from tvm_tiny.testing.pruning import magnitude_prune
 
 REPO = Path(__file__).resolve().parents[1]
-KERNEL_C = REPO / "codegen" / "mhsa" / "tt_mhsa_f32.c"
-INCLUDE_DIR = REPO / "codegen" / "include"
+KERNEL_C = REPO / "kernels" / "mhsa" / "tt_mhsa_f32.c"
+INCLUDE_DIR = REPO / "kernels" / "include"
 STRICT_C_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-O2"]
 
 TT_OK = 0

@@ -51,7 +51,7 @@ from tvm_tiny.ir.mhsa_s8 import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-CODEGEN = REPO / "codegen"
+CODEGEN = REPO / "kernels"
 #: As model builds (tvm_tiny.build.runtime_files): only kernels/include is on the path.
 INCLUDES = [CODEGEN / "include", REPO / "runtime_c" / "include"]
 STRICT_C_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-O2"]

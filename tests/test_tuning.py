@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 
 import tvm_tiny
+from tvm_tiny.codegen.variant import config_header
+from tvm_tiny.ir.kernel_config import TILES, KernelVariant, Tile
 from tvm_tiny.ir.mhsa import KernelConfig, MhsaShape, arrange_f32, reference_mhsa_f32
 from tvm_tiny.targets.boards import KIB, Memory, MemoryKind, get_board
 from tvm_tiny.targets.resources import kernels_dir
@@ -38,7 +40,6 @@ from tvm_tiny.tuning.measure import MeasureErrorNo, MeasureResult, measure_batch
 from tvm_tiny.tuning.space import KnobType, config_space, rows_per_block_candidates
 from tvm_tiny.tuning.task import TuningTask, Workload, extract_tasks, target_string
 from tvm_tiny.tuning.tuner import GridTuner, RandomTuner, XGBTuner, tune_task
-from tvm_tiny.tuning.variant import TILES, KernelVariant
 
 MODEL = "mhsa_helper_mul"
 SMALL = Workload(MhsaShape(8, 16, 2, 8, 16))
@@ -131,7 +132,7 @@ def test_split_knob_records_as_autotvm_split():
                                            ["fuse_qk", "ot", True], ["tile", "ot", "4x2"],
                                            ["fma", "ot", True]]
     assert entity.kernel_config() == KernelConfig(4, True)
-    assert entity.variant() == KernelVariant("4x2", True)
+    assert entity.variant() == KernelVariant(Tile(4, 2), True)
 
 
 def test_fast_memory_sizes_come_from_the_boards():
@@ -277,19 +278,19 @@ def test_apply_best_record_per_workload(tmp_path):
     with pytest.warns(TuningLogWarning, match="gap9"):
         applied = kernel_configs({"a": SMALL, "b": other}, "stm32h7", str(log))
     assert applied["a"].config == KernelConfig(4, True)
-    assert applied["a"].variant == KernelVariant("4x4", True)
-    assert applied["a"].source == f"tuning_log:{log}"
+    assert applied["a"].variant == KernelVariant(Tile(4, 4), True)
+    assert str(applied["a"].origin) == f"tuning_log:{log}"
     # No record for b: its default config, with the firmware's (shared) variant.
-    assert applied["b"].source == "default"
+    assert str(applied["b"].origin) == "default"
     assert applied["b"].config == KernelConfig.default_for(other.shape)
     assert applied["b"].variant == applied["a"].variant
     # Built for another board, the stm32h7 records never apply (the gap9 one does).
     with pytest.warns(TuningLogWarning, match="never applied"):
         (on_gap9,) = kernel_configs({"a": SMALL}, "gap9", str(log)).values()
-    assert on_gap9.source == f"tuning_log:{log}" and on_gap9.record.mean_cost == 1.0
+    assert str(on_gap9.origin) == f"tuning_log:{log}" and on_gap9.record.mean_cost == 1.0
     with pytest.warns(TuningLogWarning, match="never applied"):
         (plain,) = kernel_configs({"a": SMALL}, "stm32l4", str(log)).values()
-    assert plain.source == "default"
+    assert str(plain.origin) == "default"
 
 
 def test_apply_one_variant_per_firmware(tmp_path):
@@ -311,7 +312,7 @@ def test_apply_one_variant_per_firmware(tmp_path):
     ]))
     applied = kernel_configs({"a": SMALL, "b": other}, "stm32h7", str(log))
     # 4x4+fma: 100 + 200 = 300; 2x4: 150 + 60 = 210 -> 2x4 for both.
-    assert {a.variant for a in applied.values()} == {KernelVariant("2x4", False)}
+    assert {a.variant for a in applied.values()} == {KernelVariant(Tile(2, 4), False)}
     assert applied["a"].config == KernelConfig(4, False)
     assert applied["b"].config == KernelConfig(4, False)
 
@@ -335,7 +336,7 @@ def test_shipped_logs_apply_without_a_tuning_log():
     assert records and all(r.ok for r in records)
     workload = records[0].workload
     (applied,) = kernel_configs({"m": workload}, "stm32h7").values()
-    assert applied.source == "shipped:stm32h7.jsonl"
+    assert str(applied.origin) == "shipped:stm32h7.jsonl"
     best = min((r for r in records if r.workload == workload), key=lambda r: r.mean_cost)
     assert applied.record is not None and applied.record.mean_cost == best.mean_cost
 
@@ -407,7 +408,7 @@ def variant_kernels():
     files = {"src/tt_mhsa_f32.c": (kernels_dir() / "mhsa/tt_mhsa_f32.c").read_text()}
     for header in ("tt_mhsa.h", "tt_status.h"):
         files[f"include/{header}"] = (kernels_dir() / "include" / header).read_text()
-    for tile in (*TILES, "1x1", "1x4", "4x1"):
+    for tile in (*TILES, Tile(1, 1), Tile(1, 4), Tile(4, 1)):
         for fma in (False, True):
             variant = KernelVariant(tile, fma)
             flags = tuple(f"-D{k}={v}" for k, v in variant.macros().items())
@@ -483,11 +484,14 @@ def test_kernel_variants_match_the_reference(variant_kernels, shape):
 
 
 def test_variant_config_header():
-    header = KernelVariant("4x2", True).config_header("tuning_log:x.jsonl")
+    header = config_header(KernelVariant(Tile(4, 2), True), "tuning_log:x.jsonl")
     assert "#define TT_MHSA_F32_TILE_ROWS 4" in header
     assert "#define TT_MHSA_F32_TILE_COLS 2" in header and "#define TT_MHSA_F32_FMA 1" in header
-    with pytest.raises(ValueError):
-        KernelVariant("3x2")
+    with pytest.raises(ValueError, match="3x2"):
+        Tile(3, 2)
+    with pytest.raises(ValueError, match="not <rows>x<cols>"):
+        Tile.parse("4by2")
+    assert Tile.parse("4x2") == Tile(4, 2) and Tile(4, 2).name == "4x2"
 
 
 # -- measurement and tuning on the emulator ---------------------------------------------------

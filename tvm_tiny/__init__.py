@@ -16,12 +16,10 @@ Public API (DESIGN.md §3)::
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from tvm_tiny.build import build  # noqa: E402
-from tvm_tiny.firmware.project import export_project  # noqa: E402
-from tvm_tiny.frontend.quantize import quantize  # noqa: E402
-from tvm_tiny.ir.errors import (  # noqa: E402
+from tvm_tiny.build import build
+from tvm_tiny.firmware.project import export_project
+from tvm_tiny.frontend.quantize import quantize
+from tvm_tiny.ir.errors import (
     CodegenError,
     LoweringError,
     MemoryPlanError,
@@ -31,10 +29,11 @@ from tvm_tiny.ir.errors import (  # noqa: E402
     ToolchainError,
     UnsupportedOperatorError,
 )
-from tvm_tiny.module import TinyModule  # noqa: E402
-from tvm_tiny.partition.partitioner import partition_for_tiny  # noqa: E402
-from tvm_tiny.targets.boards import board_names as boards  # noqa: E402
-from tvm_tiny.tuning import tune  # noqa: E402
+from tvm_tiny.ir.version import __version__
+from tvm_tiny.module import TinyModule
+from tvm_tiny.partition.partitioner import partition_for_tiny
+from tvm_tiny.targets.boards import board_names as boards
+from tvm_tiny.tuning import tune
 
 __all__ = [
     "CodegenError",

@@ -22,9 +22,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 
-import tvm_tiny
+from tvm_tiny.build import build
 from tvm_tiny.ir.errors import MemoryPlanError
+from tvm_tiny.ir.version import __version__
 from tvm_tiny.testing.networks import NETWORKS, build_network, network_inputs
 
 BOARDS = ("stm32l4", "stm32h7", "gap9")
@@ -54,6 +56,10 @@ class Row:
     tiny_flash: int | None = None
     tvm_flash: int | None = None
     offloaded: int = 0
+    # Wall-clock seconds of build() alone (host time, not emulated): one build each, so a rough
+    # figure; `farm-bench`-style repeated timing belongs to a quiet machine.
+    tiny_build_s: float | None = None
+    tvm_build_s: float | None = None
 
     @property
     def mhsa_instr_per_mac(self) -> float | None:
@@ -70,13 +76,15 @@ def _flash(run: object) -> int | None:
 
 
 def _build_and_run(model: object, board: str, offload: bool, inputs: list[np.ndarray],
-                   name: str) -> tuple[object, object | None, str]:
-    """(lib, run or None, fit error text)."""
+                   name: str) -> tuple[object, object | None, str, float]:
+    """(lib, run or None, fit error text, seconds the build took)."""
+    start = time.perf_counter()
     try:
-        lib = tvm_tiny.build(model, target=board, offload=offload, name=name)
+        lib = build(model, target=board, offload=offload, name=name)
     except MemoryPlanError as err:
-        return None, None, str(err).splitlines()[0]
-    return lib, lib.run_on_board(*inputs), ""
+        return None, None, str(err).splitlines()[0], time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    return lib, lib.run_on_board(*inputs), "", seconds
 
 
 def measure(network: str, board: str, dtype: str) -> Row:
@@ -85,8 +93,10 @@ def measure(network: str, board: str, dtype: str) -> Row:
     spec = NETWORKS[network]
     macs = spec.layers * (4 * spec.seq * spec.embed * spec.heads * spec.proj
                           + 2 * spec.heads * spec.seq ** 2 * spec.proj)
-    tiny, tiny_run, error = _build_and_run(model, board, True, inputs, f"{network}_{dtype}")
-    row = Row(network, board, dtype, macs, fits=tiny is not None, fit_error=error)
+    tiny, tiny_run, error, tiny_s = _build_and_run(model, board, True, inputs,
+                                                   f"{network}_{dtype}")
+    row = Row(network, board, dtype, macs, fits=tiny is not None, fit_error=error,
+              tiny_build_s=round(tiny_s, 2))
     if tiny is not None:
         row.offloaded = len(tiny.metadata["offloaded"])
         row.tiny_total = tiny_run.instructions
@@ -100,8 +110,9 @@ def measure(network: str, board: str, dtype: str) -> Row:
             row.mhsa_modelled_8core = sum(
                 v for k, v in tiny_run.cluster.modelled_per_step.items()
                 if k.startswith("tvm_tiny_mhsa")) or None
-    base, base_run, base_error = _build_and_run(model, board, False, inputs,
-                                                f"{network}_{dtype}_tvm")
+    base, base_run, base_error, base_s = _build_and_run(model, board, False, inputs,
+                                                        f"{network}_{dtype}_tvm")
+    row.tvm_build_s = round(base_s, 2)
     row.tvm_fits = base is not None
     if base is not None:
         row.tvm_total = base_run.instructions
@@ -121,8 +132,8 @@ def table(rows: list[Row]) -> str:
     head = ("| network | board | dtype | MHSA offloaded | instructions tvm_tiny | "
             "TVM alone | ratio | MHSA instructions | MHSA instr/MAC | GAP9 8-core model "
             "(modelled) | GAP9 MHSA 8-core speed-up (modelled) | arena B tvm_tiny / TVM | "
-            "params B | fits |")
-    lines = [head, "|" + "---|" * 14]
+            "params B | build s tvm_tiny / TVM | fits |")
+    lines = [head, "|" + "---|" * 15]
     for r in rows:
         ratio = (r.tvm_total / r.tiny_total if r.tvm_total and r.tiny_total else None)
         fits = "yes" if r.fits and r.tvm_fits else ("tvm_tiny only" if r.fits else "no")
@@ -135,20 +146,17 @@ def table(rows: list[Row]) -> str:
             f"{_num(r.mhsa_instr_per_mac, '.2f')} | {_num(r.tiny_modelled_8core)} | "
             f"{_num(speedup, '.1f')}{'x' if speedup else ''} | "
             f"{_num(r.tiny_arena or None)} / {_num(r.tvm_arena or None)} | "
-            f"{_num(r.tiny_params or None)} | {fits} |")
+            f"{_num(r.tiny_params or None)} | "
+            f"{_num(r.tiny_build_s, '.1f')} / {_num(r.tvm_build_s, '.1f')} | {fits} |")
     return "\n".join(lines)
 
 
 def plot(rows: list[Row], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     measured = [r for r in rows if r.tiny_total and r.tvm_total]
     labels = [f"{r.network}\n{r.board} {r.dtype}" for r in measured]
     x = np.arange(len(measured))
-    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(measured)), 4.5))
+    fig = Figure(figsize=(max(8, 0.9 * len(measured)), 4.5))
+    ax = fig.subplots()
     ax.bar(x - 0.2, [r.tvm_total for r in measured], 0.4, label="TVM alone")
     ax.bar(x + 0.2, [r.tiny_total for r in measured], 0.4, label="tvm_tiny")
     ax.set_yscale("log")
@@ -158,7 +166,6 @@ def plot(rows: list[Row], path: str) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def _commit() -> str:
@@ -194,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         if r.fit_error:
             print(f"- {r.network} {r.dtype} on {r.board}: {r.fit_error}")
-    meta = {"commit": _commit(), "tvm_tiny": tvm_tiny.__version__,
+    meta = {"commit": _commit(), "tvm_tiny": __version__,
             "python": platform.python_version(), "seconds": round(time.time() - started, 1),
             "unit": "instructions (QEMU), not cycles"}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

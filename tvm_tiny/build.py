@@ -2,22 +2,31 @@
 
 frontend → partition (MHSA → ``Codegen="tvm_tiny"``) → our code generator (``RunCodegen``) →
 TVM lowering of the rest → TIR → C → AOT entry point → :class:`TinyModule`.
+
+The model is compiled once. The layer-wise comparison (the same model with every MHSA left to
+TVM) is a second compile, made only when asked for (``compare=True``, ``tvm-tiny report``, the
+benchmarks).
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import tvm
+from tvm import relax
 
-from tvm_tiny import __version__
+from tvm_tiny.codegen.variant import CONFIG_HEADER, config_header
 from tvm_tiny.frontend.importer import ModelLike, to_relax
+from tvm_tiny.ir.cformat import c_identifier
+from tvm_tiny.ir.kernel_config import KernelChoice, KernelVariant
+from tvm_tiny.ir.version import __version__
 from tvm_tiny.lower.aot import AotResult, ExternKernel, emit_aot
 from tvm_tiny.lower.memory import DEFAULT_ALIGNMENT
 from tvm_tiny.lower.relax_to_c import build_tir_to_c, fuse_and_plan
 from tvm_tiny.module import TinyModule, metadata_json
+from tvm_tiny.offload import OffloadResult, offload
 from tvm_tiny.targets.boards import Board, check_fit, get_board, memory_needs
 from tvm_tiny.targets.resources import TVM_HEADERS, kernels_dir, runtime_dir, tvm_header_dirs
 
@@ -61,45 +70,55 @@ class CompiledGraph:
 
     aot: AotResult
     tir_c_source: str
-    offloaded: list[dict[str, Any]] = field(default_factory=list)
-    externs: dict[str, ExternKernel] = field(default_factory=dict)
-    kernel_sources: list[str] = field(default_factory=list)
-    rejected: list[str] = field(default_factory=list)
-    sparse_linear: list[dict[str, Any]] = field(default_factory=list)
+    offload: OffloadResult | None = None
+
+    @property
+    def externs(self) -> dict[str, ExternKernel]:
+        return self.offload.externs if self.offload else {}
 
     @property
     def params_bytes(self) -> int:
         """Every constant byte of the model: TIR constants plus the offloaded kernels' weights."""
-        return (self.aot.params_bytes + sum(e["params_bytes"] for e in self.offloaded)
-                + sum(e["params_bytes"] for e in self.sparse_linear))
+        if self.offload is None:
+            return self.aot.params_bytes
+        return (self.aot.params_bytes + sum(e["params_bytes"] for e in self.offload.mhsa)
+                + sum(e["params_bytes"] for e in self.offload.sparse_linear))
 
 
-def _compile(mod: tvm.IRModule, name: str, profile: Board, offload: bool,
+def _lower(mod: tvm.IRModule, name: str, profile: Board, externs: dict[str, ExternKernel],
+           arena_limit: int | None = None) -> tuple[AotResult, str]:
+    """TVM lowering of what is left, TIR to C, and the AOT plan: (aot, TIR C source)."""
+    lowered = fuse_and_plan(mod)
+    tir = build_tir_to_c(lowered, profile.tvm_target(), f"tvmtiny_{name}")
+    aot = emit_aot(tir.module["main"], name, externs, tir.tir_symbols, tir.tir_c_source,
+                   alignment=DEFAULT_ALIGNMENT, arena_limit=arena_limit)
+    return aot, tir.tir_c_source
+
+
+def _compile(mod: tvm.IRModule, name: str, profile: Board, offload_mhsa: bool,
              arena_limit: int | None, tuning_log: str | None = None,
              sparse: bool = True) -> CompiledGraph:
     """Partition (optionally), generate, lower and plan one Relax module."""
-    offloaded: list[dict[str, Any]] = []
-    externs: dict[str, ExternKernel] = {}
-    kernel_sources: list[str] = []
-    rejected: list[str] = []
-    sparse_linear: list[dict[str, Any]] = []
-    if offload:
-        from tvm_tiny.offload import offload_mhsa
+    result = offload(mod, name, profile, tuning_log, sparse) if offload_mhsa else None
+    aot, tir_c = _lower(result.module if result else mod, name, profile,
+                        result.externs if result else {}, arena_limit)
+    return CompiledGraph(aot, tir_c, result)
 
-        mod, offloaded, externs, kernel_sources, rejected, sparse_linear = offload_mhsa(
-            mod, name, profile, tuning_log, sparse)
-    lowered = fuse_and_plan(mod)
-    prefix = f"tvmtiny_{name}"
-    tir = build_tir_to_c(lowered, profile.tvm_target(), prefix)
-    aot = emit_aot(tir.module["main"], name, externs, tir.tir_symbols, tir.tir_c_source,
-                   alignment=DEFAULT_ALIGNMENT, arena_limit=arena_limit)
-    return CompiledGraph(aot, tir.tir_c_source, offloaded, externs, kernel_sources, rejected,
-                         sparse_linear)
+
+def layerwise_peak_bytes(composite: relax.Function, model: str, profile: Board) -> int:
+    """Peak working memory of one MHSA compiled layer-wise by TVM alone (same AOT planner).
+
+    The offloaded composite is compiled as a model of its own, so the figure is measured the same
+    way as ours: arena (planned intermediates + TIR workspace) plus the input and output tensors.
+    """
+    aot, _ = _lower(tvm.IRModule({"main": composite}), f"{model}_layerwise", profile, {})
+    io_bytes = sum(t.nbytes for t in aot.inputs) + sum(t.nbytes for t in aot.outputs)
+    return aot.arena_bytes + io_bytes
 
 
 def build(model: ModelLike, target: str = "host", offload: bool = True,
           tuning_log: str | None = None, *, arena_bytes: int | None = None,
-          name: str | None = None, sparse: bool = True) -> TinyModule:
+          name: str | None = None, sparse: bool = True, compare: bool = False) -> TinyModule:
     """Compile ``model`` into a self-contained C program for ``target``.
 
     Parameters
@@ -128,16 +147,20 @@ def build(model: ModelLike, target: str = "host", offload: bool = True,
         the offloaded kernels (a tuning record's ``sparse`` knob may keep an MHSA dense), and
         linear layers outside attention (offloaded as ``tvm_tiny.linear``). ``False`` keeps
         every weight dense and the linear layers with TVM: the dense baseline.
+    compare
+        Also plan the model layer-wise (every MHSA left to TVM) and each MHSA on its own, for
+        ``metadata["layerwise_arena_bytes"]``, ``["layerwise_arena_usage_by_step"]``,
+        ``["layerwise_memory_plan"]`` and each
+        offloaded entry's ``layerwise_peak_bytes``. Off by default: it compiles the model again
+        (about twice the build time); without it those keys are ``None``.
     """
-    from tvm_tiny.ir.cformat import c_identifier
-
     profile = get_board(target)
     tuning_log = None if tuning_log is None else str(tuning_log)
     mod, model_name = to_relax(model)
     name = c_identifier(name or model_name)
     relax_text = mod.script()
     compiled = _compile(mod, name, profile, offload, arena_bytes, tuning_log, sparse)
-    aot, offloaded = compiled.aot, compiled.offloaded
+    aot = compiled.aot
     prefix = f"tvmtiny_{name}"
     files: dict[str, str] = {
         f"codegen/host/src/{prefix}.c": aot.model_c,
@@ -148,8 +171,9 @@ def build(model: ModelLike, target: str = "host", offload: bool = True,
         files[f"codegen/host/src/{prefix}_tir.c"] = compiled.tir_c_source
     for kernel in compiled.externs.values():
         files[f"codegen/host/src/{prefix}_{kernel.symbol}.c"] = kernel.source
-    files.update(runtime_files(compiled.kernel_sources))
-    files.update(_variant_header(offloaded))
+    result = compiled.offload
+    files.update(runtime_files(result.library_sources if result else []))
+    files.update(_variant_header(result.f32_choices if result else {}))
     metadata = _metadata(compiled, profile, name, _model_hash(mod))
     needs = memory_needs(
         profile, arena_bytes=aot.arena_bytes, params_bytes=compiled.params_bytes,
@@ -158,31 +182,42 @@ def build(model: ModelLike, target: str = "host", offload: bool = True,
         {"memory": n.memory, "bytes": n.total, "size": n.size, "parts": dict(n.parts)}
         for n in needs]
     check_fit(profile, name, needs)
-    # The same model with every MHSA left to TVM (layer-wise), planned by the same AOT planner.
-    layerwise = _compile(mod, name, profile, False, None).aot if compiled.externs else aot
-    metadata["layerwise_arena_bytes"] = layerwise.arena_bytes
-    metadata["layerwise_arena_usage_by_step"] = layerwise.usage_by_step
+    if compare:
+        _add_layerwise(metadata, compiled, mod, name, profile)
     files["metadata.json"] = metadata_json(metadata)
     return TinyModule(name, prefix, profile.name, files, aot.inputs, aot.outputs, metadata)
 
 
-def _variant_header(offloaded: list[dict[str, Any]]) -> dict[str, str]:
+def _add_layerwise(metadata: dict[str, Any], compiled: CompiledGraph, mod: tvm.IRModule,
+                   name: str, profile: Board) -> None:
+    """The layer-wise figures of ``compare=True``: the whole model and each MHSA alone."""
+    layerwise = _compile(mod, name, profile, False, None).aot if compiled.externs else compiled.aot
+    metadata["layerwise_arena_bytes"] = layerwise.arena_bytes
+    metadata["layerwise_arena_usage_by_step"] = layerwise.usage_by_step
+    metadata["layerwise_memory_plan"] = layerwise.buffers
+    if compiled.offload is not None:
+        for entry in metadata["offloaded"]:
+            composite = compiled.offload.composites[entry["name"]]
+            entry["layerwise_peak_bytes"] = layerwise_peak_bytes(composite, name, profile)
+
+
+def _variant_header(f32_choices: dict[str, KernelChoice]) -> dict[str, str]:
     """``runtime/include/tt_mhsa_f32_config.h`` when the tuned kernel variant is not the
     default (every MHSA of a firmware shares the one ``tt_mhsa_f32``; see tuning/apply.py)."""
-    from tvm_tiny.tuning.variant import CONFIG_HEADER, KernelVariant
-
-    kernels = [e["kernel"] for e in offloaded if e["dtype"] == "float32" and "tile" in e["kernel"]]
-    variants = {KernelVariant(k["tile"], bool(k["fma"])) for k in kernels}
+    variants = {c.variant for c in f32_choices.values()}
     if not variants or variants == {KernelVariant()}:
         return {}
     (variant,) = variants
-    origin = ", ".join(sorted({k["source"] for k in kernels}))
-    return {f"runtime/include/{CONFIG_HEADER}": variant.config_header(origin)}
+    origin = ", ".join(sorted({str(c.origin) for c in f32_choices.values()}))
+    return {f"runtime/include/{CONFIG_HEADER}": config_header(variant, origin)}
 
 
 def _metadata(compiled: CompiledGraph, profile: Board, name: str,
               model_hash: str) -> dict[str, Any]:
-    aot = compiled.aot
+    aot, result = compiled.aot, compiled.offload
+    offloaded = [] if result is None else result.mhsa
+    for entry in offloaded:
+        entry.setdefault("layerwise_peak_bytes", None)
     return {
         "tvm_tiny_version": __version__,
         "tvm_version": tvm.__version__,
@@ -197,9 +232,12 @@ def _metadata(compiled: CompiledGraph, profile: Board, name: str,
         "inputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in aot.inputs],
         "outputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype}
                     for t in aot.outputs],
-        "offloaded": compiled.offloaded,
-        "not_offloaded": compiled.rejected,
-        "sparse_linear": compiled.sparse_linear,
+        "offloaded": offloaded,
+        "not_offloaded": [] if result is None else result.rejected,
+        "sparse_linear": [] if result is None else result.sparse_linear,
+        "layerwise_arena_bytes": None,
+        "layerwise_arena_usage_by_step": None,
+        "layerwise_memory_plan": None,
         "steps": [{"name": s.name, "kind": s.kind} for s in aot.steps],
         "tvm_functions": [
             {"name": s.name, "workspace_bytes": s.scratch_bytes}

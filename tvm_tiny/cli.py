@@ -9,8 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
+from matplotlib.figure import Figure
 
-from tvm_tiny.ir.errors import TinyError
+from tvm_tiny.bench import main as bench_main
+from tvm_tiny.build import build
+from tvm_tiny.firmware.project import export_project
+from tvm_tiny.ir.errors import RunError, TinyError
+from tvm_tiny.targets.boards import get_board
+from tvm_tiny.testing.models import encoder_helper, example_inputs
+from tvm_tiny.tuning import report, tune
 
 
 def _summary(lib: Any) -> str:
@@ -23,7 +31,7 @@ def _summary(lib: Any) -> str:
             f"P={entry['proj']} {entry['dtype']}, rows_per_block={k['rows_per_block']} "
             f"fuse_qk={k['fuse_qk']}{_variant(k)} ({k['source']}); "
             f"params {entry['unfused_params_bytes']} -> {entry['params_bytes']} B; "
-            f"peak {entry['peak_bytes']} B (layer-wise {entry['layerwise_peak_bytes']} B)"
+            f"peak {entry['peak_bytes']} B{_layerwise(entry['layerwise_peak_bytes'])}"
             + _storage(entry.get("weights", {}))
         )
     for layer in m.get("sparse_linear", []):
@@ -35,10 +43,17 @@ def _summary(lib: Any) -> str:
     for reason in m.get("not_offloaded", []):
         lines.append(f"  left to TVM: {reason}")
     lines.append(
-        f"  arena {m['arena_bytes']} B (layer-wise, TVM alone: {m['layerwise_arena_bytes']} B), "
+        f"  arena {m['arena_bytes']} B{_layerwise(m['layerwise_arena_bytes'], 'TVM alone')}, "
         f"params {m['params_bytes']} B, {len(m['tvm_functions'])} TVM kernel calls"
     )
     return "\n".join(lines)
+
+
+def _layerwise(value: int | None, who: str = "") -> str:
+    """`` (layer-wise 73728 B)`` when the build compared (``compare=True``), else nothing."""
+    if value is None:
+        return ""
+    return f" (layer-wise{', ' + who if who else ''}: {value} B)"
 
 
 def _storage(weights: dict[str, dict[str, Any]]) -> str:
@@ -63,8 +78,6 @@ def _load_inputs(lib: Any, paths: list[str] | None, seed: int) -> list[np.ndarra
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from tvm_tiny.build import build
-
     lib = build(args.model, target=args.target, offload=not args.no_offload,
                 tuning_log=args.tuning_log, sparse=not args.dense)
     out = Path(args.output)
@@ -77,8 +90,6 @@ def cmd_build(args: argparse.Namespace) -> int:
 def _board_report(lib: Any, run: Any, host_outputs: list[np.ndarray]) -> str:
     """Instructions per kernel and memory per memory of one emulated run (instructions, not
     cycles)."""
-    from tvm_tiny.targets.boards import get_board
-
     board = get_board(run.board)
     lines = [f"instructions on {run.board} (QEMU {run.machine}, -icount shift=0; "
              "instructions, not cycles):",
@@ -115,8 +126,6 @@ def _board_report(lib: Any, run: Any, host_outputs: list[np.ndarray]) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from tvm_tiny.build import build
-
     lib = build(args.model, target=args.target, offload=not args.no_offload,
                 tuning_log=args.tuning_log, sparse=not args.dense)
     inputs = _load_inputs(lib, args.input, args.seed)
@@ -132,9 +141,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from tvm_tiny.build import build
-    from tvm_tiny.firmware.project import export_project
-
     lib = build(args.model, target=args.target, offload=not args.no_offload,
                 tuning_log=args.tuning_log, sparse=not args.dense)
     out = export_project(lib, args.output)
@@ -153,15 +159,14 @@ def _plan_table(title: str, meta: dict[str, Any]) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from tvm_tiny.build import build
-
     lib = build(args.model, target=args.target, tuning_log=args.tuning_log,
-                sparse=not args.dense)
+                sparse=not args.dense, compare=True)
     print(_summary(lib))
     print(_plan_table("tvm_tiny plan (MHSA offloaded, depth-first)", lib.metadata))
     if lib.metadata["offloaded"]:
-        baseline = build(args.model, target=args.target, offload=False)
-        print(_plan_table("layer-wise plan (TVM alone)", baseline.metadata))
+        layerwise = {"arena_bytes": lib.metadata["layerwise_arena_bytes"],
+                     "memory_plan": lib.metadata["layerwise_memory_plan"]}
+        print(_plan_table("layer-wise plan (TVM alone)", layerwise))
     if args.plot:
         plot_memory(lib.metadata, args.plot)
         print(f"memory plot written to {args.plot}")
@@ -172,8 +177,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def _profile(lib: Any, seed: int) -> str:
     """Instructions of every kernel call of one emulated run, largest first, with its share."""
-    from tvm_tiny.ir.errors import RunError
-
     if lib.target == "host":
         raise RunError("--profile counts instructions on an emulated board: pass --target "
                        "stm32l4|stm32h7|stm32f746|gap9")
@@ -193,12 +196,8 @@ def _profile(lib: Any, seed: int) -> str:
 
 def plot_memory(metadata: dict[str, Any], path: str) -> None:
     """Arena bytes in use at each kernel call, tvm_tiny vs layer-wise (TVM alone)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig = Figure(figsize=(8, 4))
+    ax = fig.subplots()
     for key, label in (("layerwise_arena_usage_by_step", "layer-wise (TVM alone)"),
                        ("arena_usage_by_step", "tvm_tiny (depth-first MHSA)")):
         usage = metadata[key]
@@ -213,14 +212,11 @@ def plot_memory(metadata: dict[str, Any], path: str) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
     """Tune every MHSA workload of a model on a board; extra tuners (``--tuner xgb,random``)
     run for comparison with logs of their own next to ``--log``."""
-    from tvm_tiny.tuning import report, tune
-
     tuners = [t.strip() for t in args.tuner.split(",") if t.strip()]
     log = Path(args.log)
     results = []
@@ -245,18 +241,13 @@ DEMO_SHAPE = {"seq": 32, "embed": 64, "heads": 4, "layers": 2}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    import onnxruntime as ort
-
-    from tvm_tiny.build import build
-    from tvm_tiny.testing.models import encoder_helper, example_inputs
-
     shape = DEMO_SHAPE
     print(f"[demo] building a {shape['layers']}-layer encoder deterministically "
           f"(S={shape['seq']}, E={shape['embed']}, H={shape['heads']}, seed 0)")
     model = encoder_helper(shape["seq"], shape["embed"], shape["heads"], layers=shape["layers"])
     feeds = example_inputs(model, seed=0)
     reference = ort.InferenceSession(model.SerializeToString()).run(None, feeds)[0]
-    lib = build(model, target="host", name="demo_encoder")
+    lib = build(model, target="host", name="demo_encoder", compare=True)
     (output,) = lib.run(*feeds.values())
     baseline = build(model, target="host", offload=False, name="demo_encoder_tvm")
     (base_output,) = baseline.run(*feeds.values())
@@ -327,8 +318,6 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_demo)
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "bench":  # its own argument parser (--quick, --networks, ...)
-        from tvm_tiny.bench import main as bench_main
-
         return bench_main(argv[1:])
     args = parser.parse_args(argv)
     try:

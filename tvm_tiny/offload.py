@@ -1,22 +1,30 @@
-"""Offload stage of ``build``: partition, run our code generator, and describe the kernels.
+"""Offload stage of ``build``: partition, choose kernel configs, run our code generator once.
 
-``RunCodegen`` calls ``relax.ext.tvm_tiny`` (``codegen.py``) for every ``Codegen="tvm_tiny"``
-function and replaces its calls by ``call_dps_packed(<symbol>)``; the C source modules it returns
-land in the module attribute ``external_mods``, from which the AOT takes the sources.
+Order: :func:`partition_for_tiny` marks the functions; each is read once into its descriptor;
+``tuning.apply`` chooses every MHSA's config; ``RunCodegen`` calls ``relax.ext.tvm_tiny``
+(:mod:`tvm_tiny.codegen.ext`) once per function, with a :class:`CodegenSession` carrying the
+descriptors and choices in and the generated kernels out, and replaces each call by
+``call_dps_packed(<symbol>)``. The C sources TVM holds in ``external_mods`` are the ones the AOT
+compiles (checked), and nothing is generated beside them.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import tvm
 from tvm import relax
 
-from tvm_tiny.codegen.ext import CodegenOptions, generate_kernel
+from tvm_tiny.codegen.ext import CodegenSession, describe_function
+from tvm_tiny.codegen.kernel import GeneratedKernel
+from tvm_tiny.codegen.linear import LinearDescriptor, metadata_entry
+from tvm_tiny.ir.enums import DType
 from tvm_tiny.ir.errors import CodegenError
+from tvm_tiny.ir.kernel_config import KernelChoice
 from tvm_tiny.ir.mhsa import MhsaShape, unfused_params_bytes
 from tvm_tiny.lower.aot import ExternKernel
-from tvm_tiny.partition.describe import offloaded_symbol
+from tvm_tiny.partition.describe import MhsaDescriptor, composite_of, offloaded_symbol
 from tvm_tiny.partition.partitioner import (
     PartitionReport,
     mhsa_functions,
@@ -24,138 +32,139 @@ from tvm_tiny.partition.partitioner import (
     sparse_linear_functions,
 )
 from tvm_tiny.targets.boards import Board
+from tvm_tiny.tuning.apply import kernel_configs
+from tvm_tiny.tuning.task import Workload
 
 
-def _kernel_configs(mod: tvm.IRModule, profile: Board, tuning_log: str | None = None,
-                    sparse: bool = True) -> dict[str, dict[str, object]]:
+@dataclass
+class OffloadResult:
+    """The module with every offloaded call lowered to ``call_dps_packed``, and what went where.
+
+    ``mhsa`` holds one ``metadata["offloaded"]`` entry per MHSA, ``sparse_linear`` one
+    ``metadata["sparse_linear"]`` record per pruned linear layer, ``externs`` the kernel instances
+    the AOT calls, ``library_sources`` the kernel library files they need (relative to
+    ``kernels/``), ``rejected`` why attentions that were not offloaded stayed with TVM, and
+    ``composites`` the standalone Relax function of each MHSA (for the layer-wise comparison)
+    and ``f32_choices`` the kernel choice of each float32 MHSA (they share one kernel variant).
+    """
+
+    module: tvm.IRModule
+    mhsa: list[dict[str, Any]] = field(default_factory=list)
+    sparse_linear: list[dict[str, Any]] = field(default_factory=list)
+    externs: dict[str, ExternKernel] = field(default_factory=dict)
+    library_sources: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+    composites: dict[str, relax.Function] = field(default_factory=dict)
+    f32_choices: dict[str, KernelChoice] = field(default_factory=dict)
+
+
+def _kernel_choices(descriptors: dict[str, MhsaDescriptor], profile: Board,
+                    tuning_log: str | None, sparse: bool) -> dict[str, KernelChoice]:
     """The best tuning record per (board, workload): from ``tuning_log``, else the shipped
     ``tuning_logs/<board>.jsonl``, else the board default (:mod:`tvm_tiny.tuning.apply`).
     ``sparse=False`` forces every MHSA's weights dense (the default then ignores pruning)."""
-    from tvm_tiny.partition.describe import describe_mhsa
-    from tvm_tiny.tuning.apply import kernel_configs
-    from tvm_tiny.tuning.task import Workload
-
     workloads, weights = {}, {}
-    for gv in mhsa_functions(mod):
-        symbol = offloaded_symbol(mod[gv])
-        desc = describe_mhsa(mod[gv], symbol)
+    for symbol, desc in descriptors.items():
         # Without sparse storage a pruned layer runs as a dense one: same workload, same records.
         workloads[symbol] = Workload.of_layer(desc.shape, desc.dtype,
                                               desc.weights if sparse else None)
-        if desc.dtype == "float32" and sparse:
+        if desc.dtype == DType.FLOAT32 and sparse:
             weights[symbol] = desc.weights
     applied = kernel_configs(workloads, profile.name, tuning_log, weights)
-    options = {symbol: a.as_options() for symbol, a in applied.items()}
+    choices = {symbol: a.choice for symbol, a in applied.items()}
     if not sparse:
-        for chosen in options.values():
-            chosen["sparse"] = False
-    return options
+        for symbol, choice in choices.items():
+            dense = type(choice.config)(choice.config.rows_per_block, choice.config.fuse_qk,
+                                        sparse=False)
+            choices[symbol] = KernelChoice(dense, choice.variant, choice.origin)
+    return choices
 
 
 def _unfused_bytes(shape: MhsaShape, dtype: str, has_biases: bool) -> int:
     """Q/K/V/O weights (and biases) as the model stores them: float32, or int8 with int32 biases."""
-    if dtype != "int8":
+    if dtype != DType.INT8:
         return unfused_params_bytes(shape, with_biases=has_biases)
     h, p, e, e_out = shape.heads, shape.proj, shape.embed, shape.out_features
     biases = 4 * (3 * h * p + e_out) if has_biases else 0
     return 3 * e * h * p + h * p * e_out + biases
 
 
-def offload_mhsa(mod: tvm.IRModule, model: str, profile: Board, tuning_log: str | None = None,
-                 sparse: bool = True
-                 ) -> tuple[tvm.IRModule, list[dict[str, Any]], dict[str, ExternKernel],
-                            list[str], list[str], list[dict[str, Any]]]:
-    """Partition ``mod`` and generate C for every offloaded MHSA (kernel configs applied from
-    ``tuning_log`` and the shipped logs, see :func:`_kernel_configs`).
+def _mhsa_entry(desc: MhsaDescriptor, choice: KernelChoice, kernel: GeneratedKernel,
+                cores: int) -> dict[str, Any]:
+    """``metadata["offloaded"][i]``: shape, kernel config, bytes before and after fusion, peak."""
+    shape, config, variant = desc.shape, choice.config, choice.variant
+    element = 1 if desc.dtype == DType.INT8 else 4
+    io_bytes = element * shape.seq * (shape.embed + shape.out_features)
+    entry: dict[str, Any] = {
+        "name": kernel.symbol, "function": kernel.c_function,
+        "seq": shape.seq, "embed": shape.embed, "heads": shape.heads, "proj": shape.proj,
+        "out_features": shape.out_features, "dtype": str(desc.dtype), "macs": shape.macs,
+        "kernel": {"rows_per_block": config.rows_per_block, "fuse_qk": config.fuse_qk,
+                   "source": str(choice.origin), "tile": variant.tile.name,
+                   "fma": variant.fma, "sparse": config.sparse},
+        "params_bytes": kernel.params_bytes,
+        "weights": kernel.weights,
+        "dense_params_bytes": kernel.params_bytes + sum(
+            w["dense_bytes"] - w["stored_bytes"] for w in kernel.weights.values()),
+        "unfused_params_bytes": _unfused_bytes(shape, desc.dtype, desc.weights.bq is not None),
+        "scratch_bytes": kernel.scratch_bytes,
+        "peak_bytes": kernel.scratch_bytes + io_bytes,
+    }
+    if kernel.cluster_forks:
+        # The emulator labels each core's window per fork from this record.
+        entry["cluster"] = {"cores": cores, "active_cores": min(cores, shape.heads),
+                            "forks": kernel.cluster_forks}
+    return entry
 
-    Returns the module with offloaded calls lowered to ``call_dps_packed``, the metadata entry of
-    each offloaded MHSA, the extern kernels for the AOT, the kernel library sources they need and
-    the reasons attentions that were not offloaded stayed with TVM, and the
-    ``metadata["sparse_linear"]`` record of each pruned linear layer offloaded sparse (kept out
-    of the MHSA entries, whose keys other code reads).
+
+def offload(mod: tvm.IRModule, model: str, profile: Board, tuning_log: str | None = None,
+            sparse: bool = True) -> OffloadResult:
+    """Partition ``mod`` and generate the C of every offloaded kernel, once each.
+
+    Every matched MHSA becomes a ``tvm_tiny.mhsa`` / ``tvm_tiny.mhsa_s8`` kernel (config applied
+    from ``tuning_log`` and the shipped logs, see :func:`_kernel_choices`), and with ``sparse``
+    every pruned linear layer that is smaller row-compressed a ``tvm_tiny.linear`` kernel.
     """
     report = PartitionReport()
     mod = partition_for_tiny(mod, report, sparse=sparse)
-    cores = profile.cluster_cores
-    options = CodegenOptions(model, _kernel_configs(mod, profile, tuning_log, sparse), cores)
-    entries: list[dict[str, Any]] = []
-    externs: dict[str, ExternKernel] = {}
-    library: list[str] = []
-    for gv in mhsa_functions(mod):
-        func = mod[gv]
-        kernel = generate_kernel(func, options)
-        from tvm_tiny.partition.describe import describe_mhsa
-
-        desc = describe_mhsa(func, kernel.symbol)
-        externs[kernel.symbol] = ExternKernel(kernel.symbol, kernel.c_function,
-                                              kernel.scratch_bytes, kernel.source)
-        library.extend(s for s in kernel.library_sources if s not in library)
-        shape, config = desc.shape, options.configs[kernel.symbol]
-        element = 1 if desc.dtype == "int8" else 4
-        io_bytes = element * shape.seq * (shape.embed + shape.out_features)
-        has_biases = desc.weights.bq is not None
-        entries.append({
-            "name": kernel.symbol, "function": kernel.c_function,
-            "seq": shape.seq, "embed": shape.embed, "heads": shape.heads, "proj": shape.proj,
-            "out_features": shape.out_features, "dtype": desc.dtype, "macs": shape.macs,
-            "kernel": {"rows_per_block": config["rows_per_block"],
-                       "fuse_qk": bool(config["fuse_qk"]), "source": config["source"],
-                       "tile": config["tile"], "fma": bool(config["fma"]),
-                       "sparse": bool(config.get("sparse", True))},
-            "params_bytes": kernel.params_bytes,
-            "weights": kernel.weights,
-            "dense_params_bytes": kernel.params_bytes + sum(
-                w["dense_bytes"] - w["stored_bytes"] for w in kernel.weights.values()),
-            "unfused_params_bytes": _unfused_bytes(shape, desc.dtype, has_biases),
-            "scratch_bytes": kernel.scratch_bytes,
-            "peak_bytes": kernel.scratch_bytes + io_bytes,
-            "layerwise_peak_bytes": layerwise_peak_bytes(func, model, profile),
-        })
-        if kernel.cluster_forks:
-            # The emulator labels each core's window per fork from this record.
-            entries[-1]["cluster"] = {"cores": cores, "active_cores": min(cores, shape.heads),
-                                      "forks": kernel.cluster_forks}
-    sparse = _offload_sparse_linear(mod, options, externs, library)
-    mod = relax.transform.RunCodegen({"tvm_tiny": {"options": options.to_json()}})(mod)
-    _check_external_modules(mod, externs)
-    return mod, entries, externs, library, report.rejected, sparse
+    mhsa_symbols = [offloaded_symbol(mod[gv]) for gv in mhsa_functions(mod)]
+    linear_symbols = [offloaded_symbol(mod[gv]) for gv in sparse_linear_functions(mod)]
+    descriptors = {symbol: describe_function(mod[gv], symbol)
+                   for gv, symbol in zip(mhsa_functions(mod) + sparse_linear_functions(mod),
+                                         mhsa_symbols + linear_symbols)}
+    mhsa_descs = {s: d for s, d in descriptors.items() if isinstance(d, MhsaDescriptor)}
+    session = CodegenSession(model, profile.cluster_cores,
+                             _kernel_choices(mhsa_descs, profile, tuning_log, sparse),
+                             dict(descriptors))
+    composites = {symbol: composite_function(mod[gv])
+                  for gv, symbol in zip(mhsa_functions(mod), mhsa_symbols)}
+    mod = relax.transform.RunCodegen({"tvm_tiny": session.options()})(mod)
+    result = OffloadResult(mod, rejected=report.rejected, composites=composites)
+    for symbol in mhsa_symbols + linear_symbols:
+        kernel = session.generated.get(symbol)
+        if kernel is None:
+            raise CodegenError(f"RunCodegen did not generate the kernel of '{symbol}'")
+        result.externs[symbol] = ExternKernel(symbol, kernel.c_function, kernel.scratch_bytes,
+                                              kernel.source)
+        result.library_sources.extend(s for s in kernel.library_sources
+                                      if s not in result.library_sources)
+        desc = descriptors[symbol]
+        if isinstance(desc, LinearDescriptor):
+            result.sparse_linear.append(metadata_entry(desc, kernel))
+        else:
+            choice = session.choices[symbol]
+            result.mhsa.append(_mhsa_entry(desc, choice, kernel, profile.cluster_cores))
+            if desc.dtype == DType.FLOAT32:
+                result.f32_choices[symbol] = choice
+    _check_external_modules(mod, result.externs)
+    return result
 
 
-def _offload_sparse_linear(mod: tvm.IRModule, options: CodegenOptions,
-                           externs: dict[str, ExternKernel], library: list[str]
-                           ) -> list[dict[str, Any]]:
-    """Generate every ``tvm_tiny.linear`` kernel; their metadata records."""
-    from tvm_tiny.codegen.linear import describe_linear, metadata_entry
-
-    records = []
-    for gv in sparse_linear_functions(mod):
-        kernel = generate_kernel(mod[gv], options)
-        externs[kernel.symbol] = ExternKernel(kernel.symbol, kernel.c_function,
-                                              kernel.scratch_bytes, kernel.source)
-        library.extend(s for s in kernel.library_sources if s not in library)
-        records.append(metadata_entry(describe_linear(mod[gv], kernel.symbol), kernel))
-    return records
-
-
-def layerwise_peak_bytes(func: relax.Function, model: str, profile: Board) -> int:
-    """Peak working memory of one MHSA compiled layer-wise by TVM alone (same AOT planner).
-
-    The offloaded composite is compiled as a model of its own, so the figure is measured the same
-    way as ours: arena (planned intermediates + TIR workspace) plus the input and output tensors.
-    """
-    from tvm_tiny.lower.aot import emit_aot
-    from tvm_tiny.lower.relax_to_c import build_tir_to_c, fuse_and_plan
-    from tvm_tiny.partition.describe import _composite_of
-
-    composite = _composite_of(func)
+def composite_function(func: relax.Function) -> relax.Function:
+    """The MHSA of an offloaded wrapper as a standalone ``main`` (what TVM alone would compile)."""
+    composite = composite_of(func)
     standalone = relax.Function(composite.params, composite.body, composite.ret_ty)
-    standalone = standalone.with_attrs({"global_symbol": "main", "num_input": 1})
-    lowered = fuse_and_plan(tvm.IRModule({"main": standalone}))
-    tir = build_tir_to_c(lowered, profile.tvm_target(), f"tvmtiny_{model}_layerwise")
-    aot = emit_aot(tir.module["main"], f"{model}_layerwise", {}, tir.tir_symbols,
-                   tir.tir_c_source)
-    io_bytes = sum(t.nbytes for t in aot.inputs) + sum(t.nbytes for t in aot.outputs)
-    return aot.arena_bytes + io_bytes
+    return standalone.with_attrs({"global_symbol": "main", "num_input": 1})
 
 
 def _check_external_modules(mod: tvm.IRModule, externs: dict[str, ExternKernel]) -> None:

@@ -12,21 +12,23 @@ Composite → emitter table: one entry per ``tvm_tiny.<op>`` composite (naming c
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import tvm
 import tvm_ffi
+from tvm import relax
 
 from tvm_tiny.codegen.kernel import GeneratedKernel
-from tvm_tiny.codegen.linear import describe_linear, emit_linear_sparse_f32
+from tvm_tiny.codegen.linear import LinearDescriptor, describe_linear, emit_linear_sparse_f32
 from tvm_tiny.codegen.mhsa_f32 import emit_mhsa_f32
 from tvm_tiny.codegen.mhsa_s8 import emit_mhsa_s8
+from tvm_tiny.ir.enums import DType
 from tvm_tiny.ir.errors import CodegenError
+from tvm_tiny.ir.kernel_config import KernelChoice
 from tvm_tiny.ir.mhsa import KernelConfig
-from tvm_tiny.partition.describe import describe_mhsa, offloaded_symbol
+from tvm_tiny.partition.describe import MhsaDescriptor, describe_mhsa, offloaded_symbol
 from tvm_tiny.partition.partitioner import composite_name
 from tvm_tiny.partition.patterns import LINEAR_SPARSE_COMPOSITE, MHSA_COMPOSITE, MHSA_S8_COMPOSITE
 
@@ -39,59 +41,85 @@ EMITTERS: dict[tuple[str, str], Emitter] = {
 }
 """(composite, dtype) → emitter; every pattern in ``patterns.tiny_patterns`` has an entry."""
 
+Descriptor = MhsaDescriptor | LinearDescriptor
+"""What the code generator reads of one offloaded function."""
 
-@dataclass(frozen=True)
-class CodegenOptions:
-    """Options ``RunCodegen`` passes to ``relax.ext.tvm_tiny`` (as one JSON string)."""
 
-    model: str
-    configs: dict[str, dict[str, object]]  # symbol -> {"rows_per_block", "fuse_qk", "source"}
+@dataclass
+class CodegenSession:
+    """One build's conversation with ``relax.ext.tvm_tiny``, passed through ``RunCodegen``.
+
+    The build fills ``choices`` (the kernel config of every MHSA, from ``tuning.apply``) and
+    ``descriptors`` (what the planner already read of each offloaded function, so the code
+    generator does not read it again) and hands the session itself to ``RunCodegen`` as its
+    options (``{"tvm_tiny": session.options()}``; TVM's FFI carries the Python object through
+    unchanged). The code generator answers in ``generated``: each kernel it emitted, with the
+    facts the build reports. Nothing is serialized on the way in or out.
+
+    Run without a session (a user's own ``RunCodegen`` after :func:`partition_for_tiny`), the
+    code generator reads every function itself and uses the default configs.
+    """
+
+    model: str = "model"
     cores: int = 1  # cores the MHSA heads are split across (the board's cluster)
+    choices: dict[str, KernelChoice] = field(default_factory=dict)
+    descriptors: dict[str, Descriptor] = field(default_factory=dict)
+    generated: dict[str, GeneratedKernel] = field(default_factory=dict)
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+    def options(self) -> dict[str, CodegenSession]:
+        """The ``RunCodegen`` options entry of ``tvm_tiny``."""
+        return {"session": self}
 
-    @staticmethod
-    def from_json(text: str) -> CodegenOptions:
-        data = json.loads(text)
-        return CodegenOptions(data["model"], data["configs"], int(data.get("cores", 1)))
+    def describe(self, func: relax.Function) -> Descriptor:
+        """The descriptor of one offloaded function (read once per session)."""
+        symbol = offloaded_symbol(func)
+        if symbol not in self.descriptors:
+            self.descriptors[symbol] = describe_function(func, symbol)
+        return self.descriptors[symbol]
 
 
-def generate_kernel(func: tvm.relax.Function, options: CodegenOptions) -> GeneratedKernel:
-    """Emit the C instance of one offloaded function (pure: same inputs, same bytes)."""
-    symbol = offloaded_symbol(func)
+def describe_function(func: relax.Function, symbol: str) -> Descriptor:
+    """Read an offloaded function back into the descriptor of its kernel family."""
     composite = composite_name(func)
     if composite == LINEAR_SPARSE_COMPOSITE:
-        linear = describe_linear(func, symbol)
-        return EMITTERS[(composite, linear.dtype)](linear, None, options.model, "n/a",
-                                                   options.cores)
-    if composite not in (MHSA_COMPOSITE, MHSA_S8_COMPOSITE):
-        raise CodegenError(f"'{symbol}': no tvm_tiny emitter for composite {composite!r}")
-    desc = describe_mhsa(func, symbol)
-    chosen = options.configs.get(symbol)
-    if chosen is None:
-        weights = desc.weights if desc.dtype == "float32" else None
-        config, source = KernelConfig.default_for(desc.shape, weights), "default"
-    else:
-        config = KernelConfig(int(chosen["rows_per_block"]), bool(chosen["fuse_qk"]),
-                              bool(chosen.get("sparse", True)))
-        source = str(chosen.get("source", "options"))
+        return describe_linear(func, symbol)
+    if composite in (MHSA_COMPOSITE, MHSA_S8_COMPOSITE):
+        return describe_mhsa(func, symbol)
+    raise CodegenError(f"'{symbol}': no tvm_tiny emitter for composite {composite!r}")
+
+
+def default_choice(desc: MhsaDescriptor) -> KernelChoice:
+    """The board-independent default of an MHSA nobody chose a config for."""
+    weights = desc.weights if desc.dtype == DType.FLOAT32 else None
+    return KernelChoice(KernelConfig.default_for(desc.shape, weights))
+
+
+def generate_kernel(func: relax.Function, session: CodegenSession) -> GeneratedKernel:
+    """Emit the C instance of one offloaded function (pure: same inputs, same bytes)."""
+    desc = session.describe(func)
+    if isinstance(desc, LinearDescriptor):
+        return EMITTERS[(LINEAR_SPARSE_COMPOSITE, desc.dtype)](desc, None, session.model, "n/a",
+                                                               session.cores)
+    composite = composite_name(func)
     key = (composite, desc.dtype)
     if key not in EMITTERS:
-        raise CodegenError(f"'{symbol}': no tvm_tiny emitter for {composite} {desc.dtype}")
-    emitter = EMITTERS[key]
-    return emitter(desc, config, options.model, source, options.cores)
+        raise CodegenError(f"'{desc.symbol}': no tvm_tiny emitter for {composite} {desc.dtype}")
+    choice = session.choices.get(desc.symbol) or default_choice(desc)
+    return EMITTERS[key](desc, choice.config, session.model, str(choice.origin), session.cores)
 
 
 @tvm_ffi.register_global_func("relax.ext.tvm_tiny")
 def _relax_ext_tvm_tiny(funcs: list, options: dict, constant_names: dict) -> list:
     """BYOC entry: one C source module per offloaded function (``CSourceModuleCreate``)."""
     del constant_names  # weights are emitted into the kernel source itself
-    parsed = CodegenOptions.from_json(str(options["options"])) if "options" in options else \
-        CodegenOptions("model", {})
+    session = options["session"] if "session" in options else CodegenSession()
+    if not isinstance(session, CodegenSession):
+        raise CodegenError(f"relax.ext.tvm_tiny: option 'session' is a "
+                           f"{type(session).__name__}, expected a CodegenSession")
     create = tvm.get_global_func("runtime.CSourceModuleCreate")
     modules = []
     for func in funcs:
-        kernel = generate_kernel(func, parsed)
+        kernel = generate_kernel(func, session)
+        session.generated[kernel.symbol] = kernel
         modules.append(create(kernel.source, "c", [kernel.symbol], []))
     return modules

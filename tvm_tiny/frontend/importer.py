@@ -12,10 +12,13 @@ from typing import Union
 
 import onnx
 import tvm
+from onnx import numpy_helper
+from tvm.relax.frontend.onnx import from_onnx
+from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
 from tvm_tiny.ir.cformat import warn_non_finite
 from tvm_tiny.ir.errors import ModelError, UnsupportedOperatorError
-from tvm_tiny.ir.relax_compat import shape_dims, tensor_type
+from tvm_tiny.ir.relax_compat import constant_value, is_constant, shape_dims, tensor_type
 
 ModelLike = Union[onnx.ModelProto, str, os.PathLike, tvm.IRModule]
 
@@ -67,8 +70,6 @@ def check_onnx_static_shapes(model: onnx.ModelProto) -> None:
 
 def check_onnx_operators(model: onnx.ModelProto) -> None:
     """Raise :class:`UnsupportedOperatorError` naming every node TVM's importer cannot convert."""
-    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
-
     known = set(_get_convert_map()) | {"If"}
     missing: dict[str, list[str]] = {}
     for node in model.graph.node:
@@ -83,16 +84,12 @@ def check_onnx_operators(model: onnx.ModelProto) -> None:
 
 def warn_non_finite_onnx_weights(model: onnx.ModelProto) -> None:
     """Warn once per ONNX initializer holding NaN/Inf, naming the initializer."""
-    from onnx import numpy_helper
-
     for init in model.graph.initializer:
         warn_non_finite(init.name, numpy_helper.to_array(init))
 
 
 def warn_non_finite_relax_weights(mod: tvm.IRModule) -> None:
     """Warn once per Relax constant of ``main`` holding NaN/Inf, naming the var that uses it."""
-    from tvm_tiny.ir.relax_compat import constant_value, is_constant
-
     seen: list[object] = []
     for block in mod["main"].body.blocks:
         for binding in block.bindings:
@@ -149,8 +146,6 @@ def to_relax(model: ModelLike) -> tuple[tvm.IRModule, str]:
     check_onnx_static_shapes(model)
     check_onnx_operators(model)
     warn_non_finite_onnx_weights(model)
-    from tvm.relax.frontend.onnx import from_onnx
-
     try:
         mod = from_onnx(model, keep_params_in_input=False)
     except Exception as err:  # the importer raises many types; re-raise with the model named

@@ -44,7 +44,7 @@ class MhsaDescriptor:
 _COMPOSITES = (MHSA_COMPOSITE, MHSA_S8_COMPOSITE)
 
 
-def _composite_of(func: relax.Function) -> relax.Function:
+def composite_of(func: relax.Function) -> relax.Function:
     """The ``Composite`` function inside an offloaded wrapper (or ``func`` itself)."""
     if func.attrs is not None and func.attrs.get("Composite") in _COMPOSITES:
         return func
@@ -52,15 +52,15 @@ def _composite_of(func: relax.Function) -> relax.Function:
         for binding in block.bindings:
             value = binding.value
             if isinstance(value, relax.Function):
-                return _composite_of(value)
+                return composite_of(value)
             if isinstance(value, relax.Call) and isinstance(value.op, relax.Function):
-                return _composite_of(value.op)
+                return composite_of(value.op)
     raise CodegenError("offloaded function holds no 'tvm_tiny.mhsa' composite function")
 
 
 def describe_mhsa(func: relax.Function, symbol: str) -> MhsaDescriptor:
     """Extract the :class:`MhsaDescriptor` of an offloaded function (see module docstring)."""
-    composite = _composite_of(func)
+    composite = composite_of(func)
     if composite.attrs.get("Composite") == MHSA_S8_COMPOSITE:
         return _describe_mhsa_s8(composite, symbol)
     var2val = {b.var: b.value for block in composite.body.blocks for b in block.bindings}

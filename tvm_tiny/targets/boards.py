@@ -20,6 +20,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+import tvm
+
 from tvm_tiny.ir.errors import MemoryPlanError
 
 KIB = 1024
@@ -170,8 +172,6 @@ class Board:
 
     def tvm_target(self) -> Any:
         """The TVM ``c`` target carrying this board's mcpu/march attributes."""
-        import tvm
-
         return tvm.target.Target(dict(self.tvm_target_attrs))
 
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from tvm_tiny.frontend.quantize import quantize
 from tvm_tiny.testing.models import _Graph, _linear, _tensor
 from tvm_tiny.testing.networks import _conv, _encoder_layers, _tokens
 
@@ -141,8 +142,6 @@ def hybrid_ode_int8(seed: int = 0, size: str | HybridSize = "small", classes: in
                     steps: int | None = None, calibration: int = 16) -> onnx.ModelProto:
     """:func:`hybrid_ode` quantized to int8 QDQ by :func:`tvm_tiny.quantize` (onnxruntime static
     QDQ, MinMax, per-tensor) on ``calibration`` seeded inputs."""
-    from tvm_tiny.frontend.quantize import quantize
-
     model = hybrid_ode(seed, size, classes, steps)
     return quantize(model, calibration_inputs(model, calibration))
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import math
+import platform
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -754,8 +755,6 @@ def save_test_models(out_dir: str | Path) -> list[Path]:
     Returns the written ``.onnx`` paths.  Raises if any file exceeds 200 KB,
     because test data is committed to git.
     """
-    import platform
-
     import torch
 
     out = Path(out_dir)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from tvm_tiny.frontend.quantize import quantize
 from tvm_tiny.testing.models import _gelu_erf, _Graph, _layer_norm, _linear, _mhsa_block, _tensor
 
 
@@ -156,7 +157,5 @@ def build_network(name: str, dtype: str = "float32", seed: int = 0) -> onnx.Mode
         return model
     if dtype != "int8":
         raise ValueError(f"dtype must be 'float32' or 'int8', got '{dtype}'")
-    from tvm_tiny.frontend.quantize import quantize
-
     calibration = [network_inputs(model, seed=1000 + i)[0] for i in range(16)]
     return quantize(model, calibration)

@@ -1,7 +1,7 @@
 """AutoTVM-style tuning of tvm_tiny's MHSA kernels (DESIGN.md §6).
 
 ``task`` (one task per (board, MHSA workload, dtype) of a model), ``space`` (declarative knobs,
-validity rules, index <-> config, features), ``variant`` (the kernel's compile-time tile/FMA
+validity rules, index <-> config, features), ``codegen.variant`` (the kernel's compile-time tile/FMA
 variants), ``measure`` + ``firmware`` (a batch of configs in one firmware on the board's
 emulator: instruction counts, outputs checked), ``cost_model`` (XGBoost ranking), ``tuner``
 (XGBoost + simulated annealing, random, grid; :func:`tune`), ``log`` (append-only AutoTVM-layout
@@ -33,7 +33,6 @@ from tvm_tiny.tuning.tuner import (
     XGBTuner,
     tune,
 )
-from tvm_tiny.tuning.variant import KernelVariant
 
 __all__ = [
     "COST_UNIT",
@@ -42,7 +41,6 @@ __all__ = [
     "ConfigSpace",
     "ExecutorMeasurer",
     "GridTuner",
-    "KernelVariant",
     "Knob",
     "KnobType",
     "MeasureErrorNo",

@@ -1,13 +1,14 @@
 """Apply the best tuning records to a build, like AutoTVM's ``ApplyHistoryBest``.
 
 For each offloaded MHSA the config comes from the first of these that has a valid record for
-its (board, workload): the ``tuning_log`` given to ``build`` (source
-``"tuning_log:<path>"``), the shipped ``tuning_logs/<board>.jsonl`` (``"shipped:<board>.jsonl"``),
-else the board default (``"default"``). Within a log the best record is the lowest mean cost
-among ``error_no == 0`` whose knob values are valid in today's config space on this board.
+its (board, workload): the ``tuning_log`` given to ``build`` (origin
+``ConfigSource.TUNING_LOG``), the shipped ``tuning_logs/<board>.jsonl``
+(``ConfigSource.SHIPPED_LOG``), else the board default (``ConfigSource.DEFAULT``). Within a log
+the best record is the lowest mean cost among ``error_no == 0`` whose knob values are valid in
+today's config space on this board.
 
-The kernel variant (register tile, FMA; :mod:`tvm_tiny.tuning.variant`) is compiled once per
-firmware, so all MHSAs of a model share one: the variant with the lowest total of its best
+The kernel variant (register tile, FMA; :class:`~tvm_tiny.ir.kernel_config.KernelVariant`) is
+compiled once per firmware, so all MHSAs of a model share one: the variant with the lowest total of its best
 records over the tuned workloads among the variants every tuned workload has a record for,
 each MHSA then taking its best record with that variant; when no variant covers every tuned
 workload, the default variant and each workload's best record with it (else its default
@@ -21,13 +22,14 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from tvm_tiny.ir.enums import ConfigSource
+from tvm_tiny.ir.kernel_config import DEFAULT_ORIGIN, ConfigOrigin, KernelChoice, KernelVariant
 from tvm_tiny.ir.mhsa import KernelConfig, MhsaWeights
 from tvm_tiny.targets.boards import get_board
 from tvm_tiny.targets.resources import tuning_logs_dir
 from tvm_tiny.tuning.log import TuningLogWarning, TuningRecord, load_records
 from tvm_tiny.tuning.space import ConfigEntity, config_space
 from tvm_tiny.tuning.task import TASK_NAMES, Workload
-from tvm_tiny.tuning.variant import KernelVariant
 
 
 @dataclass(frozen=True)
@@ -36,14 +38,13 @@ class AppliedConfig:
 
     config: KernelConfig
     variant: KernelVariant
-    source: str  # "tuning_log:<path>", "shipped:<board>.jsonl" or "default"
+    origin: ConfigOrigin
     record: TuningRecord | None = None
 
-    def as_options(self) -> dict[str, object]:
-        """The dict ``CodegenOptions.configs`` carries (codegen reads rows/fuse/source)."""
-        return {"rows_per_block": self.config.rows_per_block, "fuse_qk": self.config.fuse_qk,
-                "sparse": self.config.sparse, "source": self.source, "tile": self.variant.tile,
-                "fma": self.variant.fma}
+    @property
+    def choice(self) -> KernelChoice:
+        """What the code generator needs of it (the record stays with tuning)."""
+        return KernelChoice(self.config, self.variant, self.origin)
 
 
 def shipped_log(board: str) -> Path:
@@ -52,18 +53,21 @@ def shipped_log(board: str) -> Path:
 
 
 def _sources(board: str, tuning_log: str | Path | None
-             ) -> list[tuple[str, list[TuningRecord]]]:
+             ) -> list[tuple[ConfigOrigin, list[TuningRecord]]]:
     sources = []
     if tuning_log is not None:
-        sources.append((f"tuning_log:{tuning_log}", load_records(tuning_log, board=board)))
+        sources.append((ConfigOrigin(ConfigSource.TUNING_LOG, str(tuning_log)),
+                        load_records(tuning_log, board=board)))
     shipped = shipped_log(board)
     if shipped.exists():
-        sources.append((f"shipped:{shipped.name}", load_records(shipped, board=board)))
+        sources.append((ConfigOrigin(ConfigSource.SHIPPED_LOG, shipped.name),
+                        load_records(shipped, board=board)))
     return sources
 
 
-def _candidates(workload: Workload, board: str, sources: list[tuple[str, list[TuningRecord]]]
-                ) -> tuple[str, list[tuple[float, ConfigEntity, TuningRecord]]] | None:
+def _candidates(workload: Workload, board: str,
+                sources: list[tuple[ConfigOrigin, list[TuningRecord]]]
+                ) -> tuple[ConfigOrigin, list[tuple[float, ConfigEntity, TuningRecord]]] | None:
     """(source, valid records as (cost, entity, record)) of the first source that has any."""
     space = config_space(workload, board)
     for source, records in sources:
@@ -128,5 +132,5 @@ def kernel_configs(workloads: dict[str, Workload], board: str,
                                             found[workload][0], record)
         else:
             default = KernelConfig.default_for(workload.shape, (weights or {}).get(symbol))
-            applied[symbol] = AppliedConfig(default, chosen, "default")
+            applied[symbol] = AppliedConfig(default, chosen, DEFAULT_ORIGIN)
     return applied

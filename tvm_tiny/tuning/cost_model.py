@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import xgboost as xgb
 
 from tvm_tiny.tuning.space import ConfigSpace
 
@@ -61,8 +62,6 @@ class XGBCostModel:
 
     def fit(self, indices: list[int], costs: list[float]) -> None:
         """Train from scratch on measured configs (``costs``: instructions, inf = failed)."""
-        import xgboost as xgb
-
         labels = self.relevance(costs)
         if len(indices) < 2 or float(labels.max() - labels.min()) == 0.0:
             self._booster = None  # nothing to rank yet
@@ -78,8 +77,6 @@ class XGBCostModel:
 
     def predict(self, indices: list[int]) -> np.ndarray:
         """Scores of ``indices`` (zeros before the first successful fit)."""
-        import xgboost as xgb
-
         if not indices:
             return np.zeros(0)
         if self._booster is None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from tvm_tiny.codegen.variant import compile_flags
 from tvm_tiny.ir.errors import ToolchainError
 from tvm_tiny.targets.boards import Board
 from tvm_tiny.tuning.space import ConfigEntity, ConfigSpace
@@ -114,11 +115,11 @@ def firmware_sources(task: TuningTask, space: ConfigSpace, entities: list[Config
         variant = entity.variant()
         path = f"src/cfg{entity.index}.c"
         fw.files[path] = kernel.source
-        fw.add(variant.name, variant.compile_flags(), path)
+        fw.add(variant.name, compile_flags(variant), path)
         for rel in kernel.library_sources:
             # The kernel library once per variant (renamed symbols); the port once.
             group = variant.name if rel.startswith("mhsa/") else "common"
-            flags = variant.compile_flags() if group != "common" else []
+            flags = compile_flags(variant) if group != "common" else []
             if f"lib/{rel}" not in fw.groups.get(group, ([], []))[1]:
                 fw.add(group, flags, f"lib/{rel}")
             if rel not in library:
@@ -217,7 +218,7 @@ def compile_instance(board: Board, directory: Path, entity: ConfigEntity) -> str
     assert board.toolchain is not None
     tc = board.toolchain
     source = directory / f"src/cfg{entity.index}.c"
-    argv = [tc.cc, *tc.arch_flags, *firmware_cflags(board), *entity.variant().compile_flags(),
+    argv = [tc.cc, *tc.arch_flags, *firmware_cflags(board), *compile_flags(entity.variant()),
             *_include_flags(directory), "-c", str(source), "-o", str(source) + ".o"]
     proc = subprocess.run(argv, cwd=directory, capture_output=True, text=True, check=False)
     return None if proc.returncode == 0 else proc.stderr + proc.stdout

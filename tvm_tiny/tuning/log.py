@@ -25,9 +25,11 @@ import math
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from tvm_tiny.ir.version import __version__
 from tvm_tiny.tuning.task import Workload, board_of_target
 
 LOG_VERSION = 0.2
@@ -81,10 +83,6 @@ class TuningRecord:
 
 
 def _versions() -> tuple[str, str]:
-    from importlib import metadata
-
-    from tvm_tiny import __version__
-
     try:
         tvm_version = metadata.version("apache-tvm")
     except metadata.PackageNotFoundError:

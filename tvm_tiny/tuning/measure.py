@@ -34,8 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tvm_tiny.codegen.mhsa_f32 import emit_mhsa_f32
 from tvm_tiny.ir.errors import TinyError, ToolchainError
 from tvm_tiny.ir.mhsa import reference_mhsa_f32
+from tvm_tiny.partition.describe import MhsaDescriptor
 from tvm_tiny.tuning.firmware import (
     Firmware,
     compile_firmware,
@@ -133,9 +135,6 @@ def measure_input(task: TuningTask, seed: int) -> np.ndarray:
 # -- firmware sources ---------------------------------------------------------------------------
 def _instance(task: TuningTask, space: ConfigSpace, entity: ConfigEntity):  # noqa: ANN202
     """The code generator's C instance of one config (a ``GeneratedKernel``)."""
-    from tvm_tiny.codegen.mhsa_f32 import emit_mhsa_f32
-    from tvm_tiny.partition.describe import MhsaDescriptor
-
     desc = MhsaDescriptor(f"cfg{entity.index}", task.shape, task.weights, task.workload.dtype)
     return emit_mhsa_f32(desc, entity.kernel_config(), "tune",
                          f"tuning trial {entity.index} [{entity}]", space.board.cluster_cores)

@@ -10,6 +10,8 @@ import math
 import sys
 from typing import TextIO
 
+from matplotlib.figure import Figure
+
 from tvm_tiny.tuning.tuner import Progress, TaskResult
 
 
@@ -66,15 +68,11 @@ def summary(results: list[TaskResult]) -> str:
 
 def plot_convergence(results: list[TaskResult], path: str) -> None:
     """Best instructions so far vs trials, one curve per tuner, one panel per task."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     tasks: dict[str, list[TaskResult]] = {}
     for r in results:
         tasks.setdefault(r.task.describe(), []).append(r)
-    fig, axes = plt.subplots(len(tasks), 1, figsize=(8, 3.5 * len(tasks)), squeeze=False)
+    fig = Figure(figsize=(8, 3.5 * len(tasks)))
+    axes = fig.subplots(len(tasks), 1, squeeze=False)
     for ax, (name, runs) in zip(axes[:, 0], tasks.items()):
         for r in runs:
             points = [(r.resumed + t, best) for t, _, best in r.history if math.isfinite(best)]
@@ -91,4 +89,3 @@ def plot_convergence(results: list[TaskResult], path: str) -> None:
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -22,7 +22,7 @@ knob               type  values
 Every knob changes the generated code: ``rows_per_block`` the DFT block size compiled into the
 instance's ``tt_mhsa_config`` (loop trip counts, tail blocks, scratch layout), ``fuse_qk`` the
 weights emitted and the path the kernel takes, ``tile`` and ``fma`` the kernel library itself
-(a compile-time variant, :mod:`tvm_tiny.tuning.variant`; one per firmware).
+(a compile-time variant, :mod:`tvm_tiny.codegen.variant`; one per firmware).
 
 Validity rules (:meth:`ConfigSpace.check`): the kernel's scratch (per core times the active
 cores, plus the partial outputs, on a cluster) must fit the board's fast memory
@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from tvm_tiny.ir.kernel_config import TILES, KernelVariant, Tile
 from tvm_tiny.ir.mhsa import (
     FLOAT32_BYTES,
     KernelConfig,
@@ -54,7 +55,6 @@ from tvm_tiny.ir.mhsa import (
 from tvm_tiny.ir.sparse import csr_bytes
 from tvm_tiny.targets.boards import Board, get_board
 from tvm_tiny.tuning.task import TuningTask, Workload
-from tvm_tiny.tuning.variant import TILES, KernelVariant
 
 #: The smallest blocks are always candidates; beyond them, the block sizes that give a distinct
 #: number of blocks (ceil(S / n) for every n), so no candidate only pads another's tail.
@@ -119,7 +119,7 @@ class ConfigEntity:
 
     def variant(self) -> KernelVariant:
         """The compile-time kernel variant this entity selects."""
-        return KernelVariant(str(self["tile"]), bool(self["fma"]))
+        return KernelVariant(Tile.parse(self["tile"]), bool(self["fma"]))
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.values)
@@ -186,7 +186,7 @@ class ConfigSpace:
         """The entity of a kernel config and variant (None when a value is not a candidate)."""
         variant = variant or KernelVariant()
         values = {"rows_per_block": config.rows_per_block, "fuse_qk": config.fuse_qk,
-                  "tile": variant.tile, "fma": variant.fma}
+                  "tile": variant.tile.name, "fma": variant.fma}
         if self.has_knob("sparse"):
             values["sparse"] = config.sparse
         try:
@@ -283,7 +283,7 @@ class ConfigSpace:
                    else 2 * s.seq * s.proj * s.embed + s.seq * s.seq * s.proj)
         return np.array([
             x, math.log2(x), blocks, s.seq - (blocks - 1) * x, x % 2, float(fused),
-            variant.tile_rows, variant.tile_cols, x % variant.tile_rows, float(variant.fma),
+            variant.tile.rows, variant.tile.cols, x % variant.tile.rows, float(variant.fma),
             math.log2(s.seq), math.log2(s.embed), math.log2(s.heads), math.log2(s.proj),
             math.log2(s.out_features), math.log2(s.heads * qk_macs),
             math.log2(self.scratch_bytes(entity)), float(bool(entity.get("sparse", False))),
@@ -324,7 +324,7 @@ def config_space(workload: Workload | TuningTask, board: Board | str | None = No
     knobs = (
         Knob("rows_per_block", KnobType.SPLIT, rows_per_block_candidates(shape.seq)),
         Knob("fuse_qk", KnobType.OTHER, (False, True)),
-        Knob("tile", KnobType.OTHER, TILES),
+        Knob("tile", KnobType.OTHER, tuple(t.name for t in TILES)),
         Knob("fma", KnobType.OTHER, (False, True)),
     )
     if workload.nnz is not None:

@@ -13,13 +13,17 @@ The record key follows AutoTVM (``python/tvm/autotvm/task/task.py``): ``input`` 
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from tvm_tiny.frontend.importer import to_relax
 from tvm_tiny.ir.mhsa import KernelConfig, MhsaShape, MhsaWeights, is_pruned
+from tvm_tiny.partition.describe import describe_mhsa, offloaded_symbol
+from tvm_tiny.partition.partitioner import mhsa_functions, partition_for_tiny
 from tvm_tiny.targets.boards import Board, get_board
 
 #: Task name per dtype: the library kernel measured (``kernels/mhsa/tt_mhsa_<type>.c``).
@@ -65,8 +69,6 @@ class Workload:
 
     def key(self) -> tuple[str, str]:
         """Hashable identity used by logs and apply-best: (task name, canonical args)."""
-        import json
-
         key = json.dumps(self.args(), separators=(",", ":"))
         if self.nnz is not None:
             key += json.dumps(self.kwargs(), separators=(",", ":"))
@@ -151,10 +153,6 @@ def extract_tasks(model: Any, target: str) -> list[TuningTask]:
 
     MHSAs whose dtype has no tunable kernel yet are skipped with a warning.
     """
-    from tvm_tiny.frontend.importer import to_relax
-    from tvm_tiny.partition.describe import describe_mhsa, offloaded_symbol
-    from tvm_tiny.partition.partitioner import mhsa_functions, partition_for_tiny
-
     board = get_board(target)
     mod, _ = to_relax(model)
     mod = partition_for_tiny(mod)

@@ -21,18 +21,21 @@ import heapq
 import math
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tvm_tiny.firmware.qemu import check_board_tools
+from tvm_tiny.ir.errors import TinyError
+from tvm_tiny.targets.boards import board_names, get_board
 from tvm_tiny.tuning.cost_model import XGBCostModel
 from tvm_tiny.tuning.log import TuningRecord, append_records, load_records, make_record
 from tvm_tiny.tuning.measure import MeasureErrorNo, MeasureOptions, MeasureResult, measure_batch
 from tvm_tiny.tuning.space import ConfigEntity, ConfigSpace, config_space
-from tvm_tiny.tuning.task import TuningTask
+from tvm_tiny.tuning.task import TuningTask, extract_tasks
 
 Measurer = Callable[[TuningTask, list[int]], list[MeasureResult]]
 """Measures configs of a task: results in the order of the indices."""
@@ -288,8 +291,6 @@ class ExecutorMeasurer:
 
     def _get(self) -> Executor:
         if self._executor is None:
-            from concurrent.futures import ProcessPoolExecutor
-
             # The platform's default start method (fork on Linux): workers then need no
             # `if __name__ == "__main__"` guard in the caller's script. They only run numpy, the
             # C emitter and subprocesses, never TVM's runtime or XGBoost.
@@ -473,10 +474,6 @@ def tune(model: Any, target: str = "stm32h7", trials: int = 64,
     measurer
         Replace the emulator measurement altogether (tests, replays).
     """
-    from tvm_tiny.ir.errors import TinyError
-    from tvm_tiny.targets.boards import get_board
-    from tvm_tiny.tuning.task import extract_tasks
-
     board = get_board(target)
     if log is not None:
         log = str(log).replace("{target}", board.name)
@@ -486,11 +483,7 @@ def tune(model: Any, target: str = "stm32h7", trials: int = 64,
     tasks = extract_tasks(model, target)
     own = measurer is None
     if own:
-        from tvm_tiny.firmware.qemu import (
-            check_board_tools,  # fail early, naming the missing package
-        )
-
-        check_board_tools(board)
+        check_board_tools(board)  # fail early, naming the missing package
         measurer = ExecutorMeasurer(executor, workers)
     assert measurer is not None
     results = []
@@ -506,6 +499,4 @@ def tune(model: Any, target: str = "stm32h7", trials: int = 64,
 
 
 def _board_names() -> list[str]:
-    from tvm_tiny.targets.boards import board_names
-
     return board_names()
