@@ -1,4 +1,4 @@
-"""int8 MHSA kernel: INSTRUCTIONS per MAC on an emulated Cortex-M4, portable C vs SIMD (DSP).
+"""int8 MHSA kernel: INSTRUCTIONS per MAC on an emulated Cortex-M4, portable reference vs SIMD.
 
 Builds one firmware per kernel variant for board ``stm32l4`` (QEMU mps2-an386, Cortex-M4F with
 DSP, the board's real 96 KiB data SRAM and 1 MiB flash in the linker script); each firmware
@@ -25,6 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
+from tvm_tiny.codegen.mhsa_s8_layout import (
+    arrange_s8,
+    context_mode_s8,
+    scalar_fields_s8,
+    scratch_bytes_s8,
+)
 from tvm_tiny.firmware.kernel_firmware import (
     MhsaS8Case,
     build_kernel_firmware,
@@ -33,16 +39,10 @@ from tvm_tiny.firmware.kernel_firmware import (
 )
 from tvm_tiny.ir.errors import ToolchainError
 from tvm_tiny.ir.mhsa import KernelConfig, MhsaShape, MhsaWeights
-from tvm_tiny.ir.mhsa_s8 import (
-    arrange_s8,
-    calibrate_s8,
-    context_mode_s8,
-    quantize,
-    reference_mhsa_s8,
-    scalar_fields_s8,
-    scratch_bytes_s8,
-)
+from tvm_tiny.ir.quant import quantize
+from tvm_tiny.reference.mhsa_s8 import reference_mhsa_s8
 from tvm_tiny.targets.boards import Board, get_board
+from tvm_tiny.testing.calibration import calibrate_s8
 
 SHAPES = [  # name, S, E, H, P (shared notes, paper-and-deeploy.md "shapes")
     ("EEGFormer", 81, 32, 8, 32),
@@ -50,9 +50,9 @@ SHAPES = [  # name, S, E, H, P (shared notes, paper-and-deeploy.md "shapes")
     ("CCT", 64, 128, 1, 192),
     ("long", 256, 64, 4, 16),
 ]
-VARIANTS = {  # name -> kernel sources (relative to kernels/)
-    "portable": ["mhsa/tt_mhsa_s8.c"],
-    "simd": ["mhsa/tt_mhsa_s8_simd.c"],
+VARIANTS = {  # name (a key of the JSON) -> kernel sources (relative to kernels/)
+    "portable": ["mhsa/tt_mhsa_s8_reference.c"],  # the plain-loop reference
+    "simd": ["mhsa/tt_mhsa_s8.c"],  # the production kernel (Arm DSP path on this board)
 }
 SEED = 0
 
@@ -167,7 +167,7 @@ def main() -> int:
     print(f"int8 MHSA on {board.name} ({board.emulator.machine}), arm-none-eabi-gcc -O2 "
           f"{' '.join(board.toolchain.arch_flags)}; commit {git_commit()}, seed {SEED}")
     print("INSTRUCTIONS (QEMU icount + wincount plugin), not cycles; every output bit-exact "
-          "vs tvm_tiny.ir.mhsa_s8.reference_mhsa_s8\n")
+          "vs tvm_tiny.reference.mhsa_s8.reference_mhsa_s8\n")
     head = (f"{'shape (S,E,H,P)':<26}{'fuse':>5}{'MACs':>11}{'scratch B':>10}"
             f"{'portable':>12}{'/MAC':>6}{'simd':>12}{'/MAC':>6}{'speed-up':>9}")
     print(head)

@@ -35,7 +35,7 @@ SHAPES = [  # name, S, E, H, P (sources: shared notes, paper-and-deeploy.md "sha
 
 def measure(name: str, s: int, e: int, h: int, p: int) -> dict[str, object]:
     model = mhsa_helper(s, e, h, p, seed=0)
-    lib = tvm_tiny.build(model, target="host", name="bench")
+    lib = tvm_tiny.build(model, target="host", name="bench", compare=True)
     (entry,) = lib.metadata["offloaded"]
     shape = MhsaShape(s, e, h, p, e)
     # The other FWSA choice, for the parameter column (same rows_per_block).

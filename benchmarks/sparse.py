@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 import tvm_tiny
-from tvm_tiny.firmware.qemu import BoardRun
+from tvm_tiny.firmware.runner import BoardRun
 from tvm_tiny.ir.errors import MemoryPlanError
 from tvm_tiny.testing.models import example_inputs
 from tvm_tiny.testing.pruning import pruned_encoder

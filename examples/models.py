@@ -1,4 +1,4 @@
-"""Model builders for the reference networks and tests (re-exported from ``tvm_tiny.testing.models``).
+"""Model builders of the tests and reference networks (from ``tvm_tiny.testing.models``).
 
 Run ``python examples/models.py [OUT_DIR]`` to regenerate the committed test models in
 ``tests/data`` (default), with their README stating versions and seeds.

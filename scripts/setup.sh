@@ -36,5 +36,5 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
 fi
 # The QEMU TCG plugin counting instructions between marker functions (built into the cache,
 # once per QEMU plugin API; run_on_board also builds it on first use).
-.venv/bin/python -m tvm_tiny.firmware.qemu | sed 's/^/[setup] wincount plugin for /'
+.venv/bin/python -m tvm_tiny.firmware | sed 's/^/[setup] wincount plugin for /'
 echo "[setup] ready: $(.venv/bin/python -c 'import tvm, tvm_tiny; print("tvm", tvm.__version__)')"

@@ -2,7 +2,8 @@
 
 Every model of ``tests/data`` is imported, built and run at most once per session (per
 ``offload`` setting): the factories below cache by name. Compiled host libraries are cached by
-content hash in ``$TVM_TINY_CACHE`` / ``~/.cache/tvm_tiny`` (``tvm_tiny.targets.toolchain``), so reruns
+content hash in ``$TVM_TINY_CACHE`` / ``~/.cache/tvm_tiny``
+(``tvm_tiny.targets.toolchain``), so reruns
 skip gcc entirely.
 
 Inputs come from ``examples.models.example_inputs(model, seed=INPUT_SEED)`` (standard normal,

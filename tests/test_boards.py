@@ -16,13 +16,11 @@ import numpy as np
 import pytest
 
 import tvm_tiny
-from tvm_tiny.firmware.qemu import (
-    FORK_JOIN_INSTRUCTIONS,
-    build_firmware,
-    parse_memory_usage,
-    parse_windows,
-    wincount_plugin,
-)
+from tvm_tiny.firmware.builder import parse_memory_usage
+from tvm_tiny.firmware.project import ELF, PROFILED_ELF
+from tvm_tiny.firmware.qemu import wincount_plugin
+from tvm_tiny.firmware.runner import build_firmware
+from tvm_tiny.firmware.windows import FORK_JOIN_INSTRUCTIONS, parse_windows
 from tvm_tiny.ir.errors import MemoryPlanError, ToolchainError
 from tvm_tiny.ir.mhsa import KernelConfig, MhsaShape, cluster_scratch_bytes
 from tvm_tiny.targets.boards import KIB, get_board
@@ -287,7 +285,11 @@ def test_export_project_make_and_run(board, board_lib, board_runs, model_input, 
     assert "tvm_tiny: output 0 matches expected0.bin" in console
     plain = parse_windows((out / "build/model.windows.txt").read_text())
     profiled = parse_windows((out / "build/model_profiled.windows.txt").read_text())
-    # Same sources and flags as run_on_board's cached build: the same instruction counts.
+    # Same sources and flags as run_on_board's cached build (the Makefile is rendered from the
+    # firmware builder's spec): the same ELF bytes, so the same instruction counts.
+    cached = build_firmware(lib)
+    for elf in (ELF, PROFILED_ELF):
+        assert (out / elf).read_bytes() == (cached / elf).read_bytes(), elf
     board_run, _ = board_runs(board)
     assert [w.instructions for w in plain] == [board_run.instructions]
     assert [(w.label, w.instructions) for w in profiled if w.depth == 1] == board_run.per_step

@@ -14,12 +14,11 @@ import pytest
 from onnx import numpy_helper
 
 import tvm_tiny
-from tvm_tiny.codegen.mhsa_s8 import int8_params
 from tvm_tiny.frontend.importer import to_relax
 from tvm_tiny.ir.mhsa import KernelConfig
-from tvm_tiny.ir.mhsa_s8 import reference_mhsa_s8
 from tvm_tiny.partition.describe import descriptors_of
 from tvm_tiny.partition.partitioner import partition_for_tiny
+from tvm_tiny.reference.mhsa_s8 import reference_mhsa_s8
 from tvm_tiny.testing.models import encoder_helper, mha_torch, mhsa_helper, mhsa_torch_linear
 
 # Accuracy against onnxruntime's reference QDQ semantics, in output quantization steps:
@@ -113,7 +112,7 @@ def test_offloaded_kernel_is_bit_exact_with_the_golden_model(quantized):
     model = quantized("helper")
     mod, _ = to_relax(model)
     (desc,) = descriptors_of(partition_for_tiny(mod))
-    params = int8_params(desc)
+    params = desc.quant
     rng = np.random.default_rng(5)
     x_q = rng.integers(-128, 128, size=(desc.shape.seq, desc.shape.embed)).astype(np.int8)
     x = (params.x.scale * (x_q.astype(np.float64) - params.x.zero_point)).astype(np.float32)

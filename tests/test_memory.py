@@ -1,4 +1,5 @@
-"""Static memory planning: planner properties (``tvm_tiny.lower.memory``) and the arena of real models.
+"""Static memory planning: planner properties (``tvm_tiny.lower.memory``) and the arena of real
+models.
 
 Planner: random buffer sets (hypothesis) never overlap while alive, stay aligned, and greedy
 never needs more than linear. Arena: a canary-filled caller arena shows the generated code
@@ -13,6 +14,9 @@ import pytest
 from conftest import assert_outputs_close
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+import tvm_tiny
+from tvm_tiny.ir.errors import MemoryPlanError, RunError
 from tvm_tiny.lower.memory import (
     GreedyPlanner,
     LinearPlanner,
@@ -21,9 +25,6 @@ from tvm_tiny.lower.memory import (
     align_up,
     make_planner,
 )
-
-import tvm_tiny
-from tvm_tiny.ir.errors import MemoryPlanError, RunError
 
 CANARY = 0xA5
 GUARD_BYTES = 256

@@ -1,8 +1,9 @@
 """The float32 MHSA kernel (kernels/mhsa/tt_mhsa_f32.c) against the numpy reference.
 
 The kernel is compiled once per session with host gcc and called through
-ctypes, with weights laid out by ``tvm_tiny.ir.mhsa.arrange_f32``; so
-these tests cover the C code, the offline layouts and FWSA fusion together.
+ctypes, with weights laid out by ``tvm_tiny.ir.mhsa.arrange_f32``, and compared
+with ``tvm_tiny.reference.mhsa_f32.reference_mhsa_f32``; so these tests cover
+the C code, the offline layouts and FWSA fusion together.
 """
 
 from __future__ import annotations
@@ -27,13 +28,13 @@ from tvm_tiny.ir.mhsa import (
     MhsaShape,
     MhsaWeights,
     arrange_f32,
-    reference_mhsa_f32,
     scratch_bytes,
     stored_arrays_f32,
     stored_params_bytes,
     unfused_params_bytes,
 )
 from tvm_tiny.ir.sparse import CsrMatrix, smaller_sparse
+from tvm_tiny.reference.mhsa_f32 import reference_mhsa_f32
 from tvm_tiny.testing.pruning import magnitude_prune
 
 REPO = Path(__file__).resolve().parents[1]

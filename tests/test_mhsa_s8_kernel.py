@@ -1,12 +1,13 @@
 """The int8 MHSA kernels (kernels/mhsa/tt_mhsa_s8*.c) against the numpy model of their integer
-program (``tvm_tiny.ir.mhsa_s8.reference_mhsa_s8``), bit for bit.
+program (``tvm_tiny.reference.mhsa_s8.reference_mhsa_s8``), bit for bit.
 
 Every variant is compiled once per session with host gcc (strict C99 warnings) and called
-through ctypes with parameters from ``arrange_s8``: the portable reference, the SIMD variant
-through its portable fallbacks (the Arm DSP and GAP9 paths share its loop structure and
-layouts), the same with the GAP9 int8 x int8 projections, and the cluster driver on the serial
-port. Emulator tests run the Arm DSP path on QEMU Cortex-M4 and the GAP9 build on QEMU riscv32.
-Accuracy against a float reference is checked on the numpy model (the kernels equal it).
+through ctypes with parameters from ``codegen.mhsa_s8_layout.arrange_s8``: the portable
+reference (``tt_mhsa_s8_reference.c``), the production kernel (``tt_mhsa_s8.c``) through its
+portable fallbacks (the Arm DSP and GAP9 paths share its loop structure and layouts), the same
+with the GAP9 int8 x int8 projections, and the cluster driver on the serial port. Emulator
+tests run the Arm DSP path on QEMU Cortex-M4 and the GAP9 build on QEMU riscv32. Accuracy
+against a float reference is checked on the numpy model (the kernels equal it).
 """
 
 from __future__ import annotations
@@ -24,61 +25,84 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tvm_tiny.codegen.mhsa_s8_layout import (
+    ACC_ARRAY_FIELDS,
+    ARRAY_FIELDS,
+    SCALAR_FIELDS,
+    arrange_s8,
+    block_rows_s8,
+    cluster_scratch_bytes_s8,
+    context_mode_s8,
+    scalar_fields_s8,
+    scratch_bytes_s8,
+)
+from tvm_tiny.firmware.kernel_firmware import (
+    MhsaS8Case,
+    build_kernel_firmware,
+    mhsa_s8_harness,
+    run_kernel_firmware,
+)
+from tvm_tiny.ir.enums import DType
 from tvm_tiny.ir.mhsa import KernelConfig, MhsaShape, MhsaWeights
 from tvm_tiny.ir.mhsa_s8 import (
-    ACC_ARRAY_FIELDS,
     ACC_STAGE_BITS,
-    SCALAR_FIELDS,
+    FusedQK,
+    UnfusedQK,
+    lower_s8,
+    probs_multiplier,
+    softmax_lut,
+)
+from tvm_tiny.ir.quant import (
     MhsaInt8Params,
     QParams,
     QWeight,
-    arrange_s8,
-    block_rows_s8,
-    calibrate_s8,
-    cluster_scratch_bytes_s8,
-    context_mode_s8,
-    float_reference_s8,
-    lower_s8,
-    probs_multiplier,
     quantize,
     quantize_multiplier,
+)
+from tvm_tiny.reference.mhsa_s8 import (
+    float_reference_s8,
     reference_mhsa_s8,
     requantize,
-    scalar_fields_s8,
-    scratch_bytes_s8,
-    softmax_lut,
     softmax_s8,
 )
+from tvm_tiny.targets.boards import get_board
+from tvm_tiny.testing.calibration import calibrate_s8
 
 REPO = Path(__file__).resolve().parents[1]
-CODEGEN = REPO / "kernels"
+KERNELS = REPO / "kernels"
 #: As model builds (tvm_tiny.build.runtime_files): only kernels/include is on the path.
-INCLUDES = [CODEGEN / "include", REPO / "runtime_c" / "include"]
+INCLUDES = [KERNELS / "include", REPO / "runtime_c" / "include"]
 STRICT_C_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-O2"]
 
 TT_OK, TT_ARG_ERROR, TT_SCRATCH_ERROR = 0, -1, -2
 
+PRODUCTION = "mhsa/tt_mhsa_s8.c"
+"""The kernel every model build links (codegen.mhsa_s8.LIBRARY_SOURCES), on every target."""
+REFERENCE = "mhsa/tt_mhsa_s8_reference.c"
+"""The portable plain-loop reference: same symbols, test-only."""
+CLUSTER = ["mhsa/tt_mhsa_s8_cluster.c", "port/tt_cluster_serial.c"]
+
 #: variant -> (sources relative to kernels/, extra flags)
 VARIANTS: dict[str, tuple[list[str], list[str]]] = {
-    "reference": (["mhsa/tt_mhsa_s8.c"], []),
-    "simd": (["mhsa/tt_mhsa_s8_simd.c"], []),
-    "simd-sdot4": (["mhsa/tt_mhsa_s8_simd.c"], ["-DTT_MHSA_S8_SDOT4"]),
-    "cluster": (["mhsa/tt_mhsa_s8_simd.c", "mhsa/tt_mhsa_s8_cluster.c",
-                 "port/tt_cluster_serial.c"], []),
+    "reference": ([REFERENCE], []),
+    "production": ([PRODUCTION], []),
+    "production-sdot4": ([PRODUCTION], ["-DTT_MHSA_S8_SDOT4"]),
+    "cluster": ([PRODUCTION, *CLUSTER], []),
 }
 
 I8P = ctypes.POINTER(ctypes.c_int8)
 I32P = ctypes.POINTER(ctypes.c_int32)
 U16P = ctypes.POINTER(ctypes.c_uint16)
-ARRAY_FIELDS = [("wq", I8P), ("wk", I8P), ("wf", I8P), ("wv", I8P), ("wo", I8P),
-                ("bq", I32P), ("bk", I32P), ("bf", I32P), ("bv", I32P), ("bo", I32P),
-                ("q_mult", I32P), ("q_shift", I32P), ("k_mult", I32P), ("k_shift", I32P),
-                ("t_mult", I32P), ("t_shift", I32P), ("v_mult", I32P), ("v_shift", I32P),
-                ("score_mult", I32P), ("score_shift", I32P), ("o_mult", I32P),
-                ("o_shift", I32P), ("softmax_lut", U16P)]
+ARRAY_POINTER_FIELDS = [("wq", I8P), ("wk", I8P), ("wf", I8P), ("wv", I8P), ("wo", I8P),
+                        ("bq", I32P), ("bk", I32P), ("bf", I32P), ("bv", I32P),
+                        ("bo", I32P), ("q_mult", I32P), ("q_shift", I32P), ("k_mult", I32P),
+                        ("k_shift", I32P), ("t_mult", I32P), ("t_shift", I32P),
+                        ("v_mult", I32P), ("v_shift", I32P), ("score_mult", I32P),
+                        ("score_shift", I32P), ("o_mult", I32P), ("o_shift", I32P),
+                        ("softmax_lut", U16P)]
 #: the two-step stage-2 biases, after the scalars at the end of the struct
 ACC_POINTER_FIELDS = [(name, I32P) for name in ACC_ARRAY_FIELDS]
-ALL_POINTER_FIELDS = dict(ARRAY_FIELDS + ACC_POINTER_FIELDS)
+ALL_POINTER_FIELDS = dict(ARRAY_POINTER_FIELDS + ACC_POINTER_FIELDS)
 _POINTER_OF = {np.dtype(np.int8): I8P, np.dtype(np.int32): I32P, np.dtype(np.uint16): U16P}
 
 
@@ -91,7 +115,7 @@ class Config(ctypes.Structure):
 
 
 class ParamsS8(ctypes.Structure):
-    _fields_ = (ARRAY_FIELDS + [(name, ctypes.c_int32) for name in SCALAR_FIELDS]
+    _fields_ = (ARRAY_POINTER_FIELDS + [(name, ctypes.c_int32) for name in SCALAR_FIELDS]
                 + ACC_POINTER_FIELDS)
 
 
@@ -211,7 +235,7 @@ def kernels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Kernel]:
         lib = out / f"libtt_mhsa_s8_{name}.so"
         # -Bsymbolic: every variant defines tt_mhsa_s8; each library must call its own.
         _compile("gcc", ["-shared", "-fPIC", "-Wl,-Bsymbolic", *flags],
-                 [CODEGEN / s for s in sources], lib)
+                 [KERNELS / s for s in sources], lib)
         libs[name] = Kernel(ctypes.CDLL(str(lib)), cluster=name == "cluster")
     return libs
 
@@ -354,12 +378,13 @@ def test_two_step_lowering() -> None:
     p = case.params
     low = lower_s8(p, shape, config)
     assert low.acc_stages == 31
-    np.testing.assert_array_equal(low.bq, 0)
-    np.testing.assert_array_equal(low.bias2["q"], np.sign(p.bq) * np.floor(
+    assert isinstance(low.qk, UnfusedQK) and low.qk.q.bias is None  # moved to stage 2
+    second = low.qk.q.second
+    np.testing.assert_array_equal(second.bias, np.sign(p.bq) * np.floor(
         np.abs(p.bq.astype(np.float64)) / p.q_acc.scale * 256 + 0.5))
-    m2, s2, z = low.stage2["q"]
-    assert z == p.q_acc.zero_point
-    assert abs(m2 * 2.0 ** (s2 - 31) / (p.q_acc.scale / (256 * p.q.scale)) - 1) < 1e-8
+    assert second.acc_zero_point == p.q_acc.zero_point
+    assert abs(second.mult * 2.0 ** (second.shift - 31)
+               / (p.q_acc.scale / (256 * p.q.scale)) - 1) < 1e-8
     scalars = scalar_fields_s8(p, shape, config)
     assert scalars["acc_stages"] == 31 and scalars["qk_acc_zero_point"] == p.qk_acc.zero_point
     arrays = arrange_s8(p, shape, config)
@@ -694,8 +719,9 @@ def test_fwsa_keeps_the_row_terms_of_bk() -> None:
     floating = float_reference_s8(x_q, params, shape).astype(int)
     assert np.abs(fused - floating).max() <= FLOAT_MAX_STEPS
     assert np.abs(fused - unfused).max() <= 2 * FLOAT_MAX_STEPS
-    assert lower_s8(params, shape, KernelConfig(4, True)).fused_one == \
-        max(127 - params.x.zero_point, params.x.zero_point + 128)
+    fused_qk = lower_s8(params, shape, KernelConfig(4, True)).qk
+    assert isinstance(fused_qk, FusedQK)
+    assert fused_qk.kappa == max(127 - params.x.zero_point, params.x.zero_point + 128)
 
 
 #: The LUT softmax with TFLite's output (scale 1/256, zero point -128) against float softmax,
@@ -780,10 +806,11 @@ def test_arranged_arrays_are_param_fields(fuse_qk: bool, with_biases: bool) -> N
 def test_header_struct_matches_ctypes() -> None:
     """tt_mhsa_s8_params in the header has exactly the fields, in order, that ctypes (and
     arrange_s8 / scalar_fields_s8) use."""
-    header = (CODEGEN / "include" / "tt_mhsa_s8.h").read_text()
+    header = (KERNELS / "include" / "tt_mhsa_s8.h").read_text()
     body = re.search(r"typedef struct \{(.*?)\} tt_mhsa_s8_params;", header, re.S).group(1)
     names = re.findall(r"\b(\w+);", re.sub(r"/\*.*?\*/", "", body, flags=re.S))
     assert names == [name for name, _ in ParamsS8._fields_]
+    assert names == [*ARRAY_FIELDS, *SCALAR_FIELDS, *ACC_ARRAY_FIELDS]  # the emitter's view
 
 
 def test_qweight_quantize_round_trips() -> None:
@@ -792,6 +819,33 @@ def test_qweight_quantize_round_trips() -> None:
         q = QWeight.quantize(w, per_channel)
         assert q.values.dtype == np.int8 and np.abs(q.values).max() == 127
         assert np.abs(q.dequantize() - w).max() <= q.scale.max() / 2 + 1e-7
+
+
+@pytest.mark.parametrize(("dtype", "zero_point", "valid"), [
+    ("int8", -128, True), ("int8", 127, True), ("int8", 128, False),
+    ("uint8", 255, True), ("uint8", -1, False), ("int16", -300, True), ("int32", 0, False),
+])
+def test_qparams_zero_point_range_follows_dtype(dtype: str, zero_point: int,
+                                                valid: bool) -> None:
+    """A QDQ graph's uint8/int16 pairs are representable (the partitioner reads them), with
+    the zero point checked against their own range; the spelling becomes a DType."""
+    if valid:
+        assert QParams(0.5, zero_point, dtype).dtype is DType(dtype)
+    else:
+        with pytest.raises(ValueError, match="QParams"):
+            QParams(0.5, zero_point, dtype)
+
+
+@pytest.mark.parametrize("point", ["x", "probs", "y", "q_acc"])
+def test_lowering_rejects_activations_that_are_not_int8(point: str) -> None:
+    """The kernel reads int8 only: a uint8 point of an exported graph is refused by name rather
+    than reinterpreted as int8."""
+    shape = MhsaShape(4, 6, 2, 3, 5)
+    case = make_case(shape, KernelConfig(2, False), seed=0, acc=ALL_ACC)
+    uint8 = QParams(getattr(case.params, point).scale, 128, "uint8")
+    params = replace(case.params, **{point: uint8})
+    with pytest.raises(ValueError, match=f"{point} is quantized to uint8"):
+        lower_s8(params, shape, case.config)
 
 
 # ---------------------------------------------------------------- cross compilers
@@ -816,18 +870,18 @@ def test_cross_compiles_warning_free(tmp_path: Path, compiler: str, flags: list[
                                      debian_packages: str) -> None:
     if shutil.which(compiler) is None:
         pytest.skip(f"{compiler} not found (Debian packages: {debian_packages})")
-    for source in ("mhsa/tt_mhsa_s8.c", "mhsa/tt_mhsa_s8_simd.c", "mhsa/tt_mhsa_s8_cluster.c"):
-        _compile(compiler, [*flags, "-c"], [CODEGEN / source], tmp_path / "out.o")
+    for source in (REFERENCE, PRODUCTION, CLUSTER[0]):
+        _compile(compiler, [*flags, "-c"], [KERNELS / source], tmp_path / "out.o")
 
 
 def test_arm_build_uses_the_dsp_instructions(tmp_path: Path) -> None:
-    """The Cortex-M4 build of the SIMD variant really takes the DSP path."""
+    """The Cortex-M4 build of the production kernel really takes the DSP path."""
     if shutil.which("arm-none-eabi-gcc") is None:
         pytest.skip("arm-none-eabi-gcc not found (Debian package gcc-arm-none-eabi)")
     asm = tmp_path / "simd.s"
     _compile("arm-none-eabi-gcc", ["-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard",
                                    "-mfpu=fpv4-sp-d16", "-S"],
-             [CODEGEN / "mhsa" / "tt_mhsa_s8_simd.c"], asm)
+             [KERNELS / PRODUCTION], asm)
     text = asm.read_text()
     for mnemonic in ("smlad", "ldrd", "sxtb16", "smmul", "ssat", "ssub8"):
         assert re.search(rf"\b{mnemonic}\b", text), mnemonic
@@ -846,14 +900,6 @@ EMULATOR_CASES = [  # odd S, E not a multiple of 4, odd rows_per_block: every ta
 
 
 def _run_on_board(board_name: str, sources: list[str], cores: int) -> None:
-    from tvm_tiny.firmware.kernel_firmware import (
-        MhsaS8Case,
-        build_kernel_firmware,
-        mhsa_s8_harness,
-        run_kernel_firmware,
-    )
-    from tvm_tiny.targets.boards import get_board
-
     board = get_board(board_name)
     assert board.toolchain is not None and board.emulator is not None
     for tool in (board.toolchain.cc, board.emulator.binary):
@@ -882,12 +928,11 @@ def _run_on_board(board_name: str, sources: list[str], cores: int) -> None:
 @pytest.mark.emulator
 def test_cortex_m4_dsp_build_equals_the_numpy_model() -> None:
     """The SMLAD/SXTB16 path on QEMU mps2-an386 (Cortex-M4 with DSP)."""
-    _run_on_board("stm32l4", ["mhsa/tt_mhsa_s8_simd.c"], cores=0)
+    _run_on_board("stm32l4", [PRODUCTION], cores=0)
 
 
 @pytest.mark.emulator
 def test_gap9_cluster_build_equals_the_numpy_model() -> None:
     """The GAP9 build (int8 x int8 projections, heads on 8 cores through the serial port) on
     QEMU riscv32 virt, rv32imc."""
-    _run_on_board("gap9", ["mhsa/tt_mhsa_s8_simd.c", "mhsa/tt_mhsa_s8_cluster.c",
-                           "port/tt_cluster_serial.c"], cores=8)
+    _run_on_board("gap9", [PRODUCTION, *CLUSTER], cores=8)

@@ -167,13 +167,13 @@ int main(void) {{
   int32_t rc;
 {allocs}
   rc = {prefix}_run(&inputs, &outputs);
-  if (rc != 0) die("run", tt_last_error(), 1);
+  if (rc != 0) die("run", {prefix}_last_error(), 1);
   if (posix_memalign(&arena, {upper}_ARENA_ALIGNMENT, arena_bytes) != 0) {{
     die("out of memory", "arena", 2);
   }}
   memset(arena, 0xA5, arena_bytes);
   rc = {prefix}_run_with_arena(&inputs, &arena_outputs, (uint8_t *)arena, {upper}_ARENA_BYTES);
-  if (rc != 0) die("run_with_arena", tt_last_error(), 1);
+  if (rc != 0) die("run_with_arena", {prefix}_last_error(), 1);
 {writes}
 {frees}
   free(arena);

@@ -22,7 +22,8 @@ import pytest
 import tvm_tiny
 from tvm_tiny.codegen.variant import config_header
 from tvm_tiny.ir.kernel_config import TILES, KernelVariant, Tile
-from tvm_tiny.ir.mhsa import KernelConfig, MhsaShape, arrange_f32, reference_mhsa_f32
+from tvm_tiny.ir.mhsa import KernelConfig, MhsaShape, arrange_f32
+from tvm_tiny.reference.mhsa_f32 import reference_mhsa_f32
 from tvm_tiny.targets.boards import KIB, Memory, MemoryKind, get_board
 from tvm_tiny.targets.resources import kernels_dir
 from tvm_tiny.targets.toolchain import compile_host_library

@@ -10,7 +10,6 @@ benchmarks).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +17,11 @@ import tvm
 from tvm import relax
 
 from tvm_tiny.codegen.variant import CONFIG_HEADER, config_header
+from tvm_tiny.firmware.model import profiled_sources
 from tvm_tiny.frontend.importer import ModelLike, to_relax
 from tvm_tiny.ir.cformat import c_identifier
 from tvm_tiny.ir.kernel_config import KernelChoice, KernelVariant
+from tvm_tiny.ir.provenance import UNKNOWN, Provenance, build_call, initializer_names, model_sha256
 from tvm_tiny.ir.version import __version__
 from tvm_tiny.lower.aot import AotResult, ExternKernel, emit_aot
 from tvm_tiny.lower.memory import DEFAULT_ALIGNMENT
@@ -60,10 +61,6 @@ def runtime_files(kernel_sources: list[str]) -> dict[str, str]:
     return files
 
 
-def _model_hash(mod: tvm.IRModule) -> str:
-    return hashlib.sha256(mod.script(show_meta=True).encode()).hexdigest()[:16]
-
-
 @dataclass
 class CompiledGraph:
     """One Relax module carried through offload, TVM lowering and the AOT plan."""
@@ -86,22 +83,24 @@ class CompiledGraph:
 
 
 def _lower(mod: tvm.IRModule, name: str, profile: Board, externs: dict[str, ExternKernel],
-           arena_limit: int | None = None) -> tuple[AotResult, str]:
+           arena_limit: int | None = None, provenance: Provenance = UNKNOWN
+           ) -> tuple[AotResult, str]:
     """TVM lowering of what is left, TIR to C, and the AOT plan: (aot, TIR C source)."""
     lowered = fuse_and_plan(mod)
-    tir = build_tir_to_c(lowered, profile.tvm_target(), f"tvmtiny_{name}")
-    aot = emit_aot(tir.module["main"], name, externs, tir.tir_symbols, tir.tir_c_source,
-                   alignment=DEFAULT_ALIGNMENT, arena_limit=arena_limit)
+    tir = build_tir_to_c(lowered, profile.tvm_target(), f"tvmtiny_{name}", provenance)
+    aot = emit_aot(tir.module["main"], name, externs, tir.tir_symbols, tir.workspace_bytes,
+                   alignment=DEFAULT_ALIGNMENT, arena_limit=arena_limit, provenance=provenance)
     return aot, tir.tir_c_source
 
 
 def _compile(mod: tvm.IRModule, name: str, profile: Board, offload_mhsa: bool,
              arena_limit: int | None, tuning_log: str | None = None,
-             sparse: bool = True) -> CompiledGraph:
+             sparse: bool = True, provenance: Provenance = UNKNOWN) -> CompiledGraph:
     """Partition (optionally), generate, lower and plan one Relax module."""
-    result = offload(mod, name, profile, tuning_log, sparse) if offload_mhsa else None
+    result = offload(mod, name, profile, tuning_log, sparse, provenance) if offload_mhsa \
+        else None
     aot, tir_c = _lower(result.module if result else mod, name, profile,
-                        result.externs if result else {}, arena_limit)
+                        result.externs if result else {}, arena_limit, provenance)
     return CompiledGraph(aot, tir_c, result)
 
 
@@ -114,6 +113,12 @@ def layerwise_peak_bytes(composite: relax.Function, model: str, profile: Board) 
     aot, _ = _lower(tvm.IRModule({"main": composite}), f"{model}_layerwise", profile, {})
     io_bytes = sum(t.nbytes for t in aot.inputs) + sum(t.nbytes for t in aot.outputs)
     return aot.arena_bytes + io_bytes
+
+
+_BUILD_DEFAULTS = {"target": "host", "offload": True, "tuning_log": None, "arena_bytes": None,
+                   "name": None, "sparse": True}
+"""The defaults of :func:`build`'s arguments that shape the C: the provenance header names only
+those set apart from them (``compare`` changes ``metadata.json`` alone, so the C omits it)."""
 
 
 def build(model: ModelLike, target: str = "host", offload: bool = True,
@@ -154,12 +159,20 @@ def build(model: ModelLike, target: str = "host", offload: bool = True,
         offloaded entry's ``layerwise_peak_bytes``. Off by default: it compiles the model again
         (about twice the build time); without it those keys are ``None``.
     """
+    given = {"target": target, "offload": offload, "tuning_log": tuning_log,
+             "arena_bytes": arena_bytes, "name": name, "sparse": sparse}
     profile = get_board(target)
     tuning_log = None if tuning_log is None else str(tuning_log)
     mod, model_name = to_relax(model)
+    provenance = Provenance(
+        __version__, tvm.__version__, model_sha256(model), profile.name,
+        build_call("tvm_tiny.build", model,
+                   **{k: v for k, v in given.items() if v != _BUILD_DEFAULTS[k]}),
+        initializer_names(model))
     name = c_identifier(name or model_name)
     relax_text = mod.script()
-    compiled = _compile(mod, name, profile, offload, arena_bytes, tuning_log, sparse)
+    compiled = _compile(mod, name, profile, offload, arena_bytes, tuning_log, sparse,
+                        provenance)
     aot = compiled.aot
     prefix = f"tvmtiny_{name}"
     files: dict[str, str] = {
@@ -174,7 +187,7 @@ def build(model: ModelLike, target: str = "host", offload: bool = True,
     result = compiled.offload
     files.update(runtime_files(result.library_sources if result else []))
     files.update(_variant_header(result.f32_choices if result else {}))
-    metadata = _metadata(compiled, profile, name, _model_hash(mod))
+    metadata = _metadata(compiled, profile, name, provenance.model_sha256)
     needs = memory_needs(
         profile, arena_bytes=aot.arena_bytes, params_bytes=compiled.params_bytes,
         io_bytes=sum(t.nbytes for t in aot.inputs + aot.outputs))
@@ -185,7 +198,8 @@ def build(model: ModelLike, target: str = "host", offload: bool = True,
     if compare:
         _add_layerwise(metadata, compiled, mod, name, profile)
     files["metadata.json"] = metadata_json(metadata)
-    return TinyModule(name, prefix, profile.name, files, aot.inputs, aot.outputs, metadata)
+    return TinyModule(name, prefix, profile.name, files, aot.inputs, aot.outputs, metadata,
+                      profiled_sources(prefix, result.library_sources if result else []))
 
 
 def _add_layerwise(metadata: dict[str, Any], compiled: CompiledGraph, mod: tvm.IRModule,

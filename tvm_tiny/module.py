@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from tvm_tiny.firmware.runner import BoardRun, run_on_board
 from tvm_tiny.ir.errors import RunError
 from tvm_tiny.lower.aot import TensorSpec
 from tvm_tiny.targets.toolchain import compile_host_library
@@ -36,6 +37,9 @@ class TinyModule:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     metadata: dict[str, Any]
+    #: Translation units whose code opens instruction windows under TT_PROFILE_STEPS (the AOT
+    #: entry point, the cluster port): the board's profiled firmware compiles them again.
+    profiled_sources: tuple[str, ...]
     _library: ctypes.CDLL | None = field(default=None, repr=False)
 
     # -- files -------------------------------------------------------------------------------------
@@ -78,7 +82,7 @@ class TinyModule:
             lib = ctypes.CDLL(str(lib_path))
             for fn in ("run", "run_with_arena"):
                 getattr(lib, f"{self.prefix}_{fn}").restype = ctypes.c_int32
-            lib.tt_last_error.restype = ctypes.c_char_p
+            getattr(lib, f"{self.prefix}_last_error").restype = ctypes.c_char_p
             self._library = lib
         return self._library
 
@@ -125,22 +129,20 @@ class TinyModule:
                 ctypes.c_size_t(arena.nbytes),
             )
         if rc != 0:
-            message = lib.tt_last_error().decode(errors="replace")
+            message = getattr(lib, f"{self.prefix}_last_error")().decode(errors="replace")
             raise RunError(f"model '{self.name}' returned status {rc}: {message}")
         return outputs
 
     # -- running on a board -------------------------------------------------------------------
-    def run_on_board(self, *inputs: np.ndarray) -> Any:
+    def run_on_board(self, *inputs: np.ndarray) -> BoardRun:
         """Cross-compile for the board this module was built for, run it in the board's
-        emulator (QEMU) and count instructions: see :func:`tvm_tiny.firmware.qemu.run_on_board`.
+        emulator (QEMU) and count instructions: see :func:`tvm_tiny.firmware.runner.run_on_board`.
 
-        Returns a :class:`tvm_tiny.firmware.qemu.BoardRun` with ``.outputs`` (equal to :meth:`run`
-        within float tolerance), ``.instructions`` (one run), ``.per_kernel`` and, on RISC-V,
-        ``.minstret``.
+        Returns a :class:`tvm_tiny.firmware.runner.BoardRun` with ``.outputs`` (equal to
+        :meth:`run` within float tolerance), ``.instructions`` (one run), ``.per_kernel`` and, on
+        RISC-V, ``.minstret``.
         """
-        from tvm_tiny.firmware.qemu import run_on_board
-
-        return run_on_board(self, *inputs)
+        return run_on_board(self, self._check_inputs(inputs))
 
     def __repr__(self) -> str:
         offloaded = len(self.metadata.get("offloaded", []))

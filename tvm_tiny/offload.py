@@ -23,6 +23,7 @@ from tvm_tiny.ir.enums import DType
 from tvm_tiny.ir.errors import CodegenError
 from tvm_tiny.ir.kernel_config import KernelChoice
 from tvm_tiny.ir.mhsa import MhsaShape, unfused_params_bytes
+from tvm_tiny.ir.provenance import UNKNOWN, Provenance
 from tvm_tiny.lower.aot import ExternKernel
 from tvm_tiny.partition.describe import MhsaDescriptor, composite_of, offloaded_symbol
 from tvm_tiny.partition.partitioner import (
@@ -118,7 +119,7 @@ def _mhsa_entry(desc: MhsaDescriptor, choice: KernelChoice, kernel: GeneratedKer
 
 
 def offload(mod: tvm.IRModule, model: str, profile: Board, tuning_log: str | None = None,
-            sparse: bool = True) -> OffloadResult:
+            sparse: bool = True, provenance: Provenance = UNKNOWN) -> OffloadResult:
     """Partition ``mod`` and generate the C of every offloaded kernel, once each.
 
     Every matched MHSA becomes a ``tvm_tiny.mhsa`` / ``tvm_tiny.mhsa_s8`` kernel (config applied
@@ -135,10 +136,15 @@ def offload(mod: tvm.IRModule, model: str, profile: Board, tuning_log: str | Non
     mhsa_descs = {s: d for s, d in descriptors.items() if isinstance(d, MhsaDescriptor)}
     session = CodegenSession(model, profile.cluster_cores,
                              _kernel_choices(mhsa_descs, profile, tuning_log, sparse),
-                             dict(descriptors))
+                             dict(descriptors), provenance=provenance)
     composites = {symbol: composite_function(mod[gv])
                   for gv, symbol in zip(mhsa_functions(mod), mhsa_symbols)}
-    mod = relax.transform.RunCodegen({"tvm_tiny": session.options()})(mod)
+    try:
+        mod = relax.transform.RunCodegen({"tvm_tiny": session.options()})(mod)
+    except Exception:  # noqa: BLE001 - the FFI retypes our error; give the user the original
+        if session.failure is not None:
+            raise session.failure from None
+        raise
     result = OffloadResult(mod, rejected=report.rejected, composites=composites)
     for symbol in mhsa_symbols + linear_symbols:
         kernel = session.generated.get(symbol)

@@ -8,7 +8,7 @@
  * Quantization is affine, real = scale * (q - zero_point), with int8 activations
  * and symmetric int8 weights (per output channel or per tensor). The integer
  * program, computed bit-exactly by every variant and by the numpy model
- * tvm_tiny.mhsa_int8.reference_mhsa_s8 (all sums exact in int32):
+ * tvm_tiny.reference.mhsa_s8.reference_mhsa_s8 (all sums exact in int32):
  * @code
  *   requant(acc, M, shift) = (acc * M + 2^(n-1)) >> n,  n = 31 - shift   (64-bit product)
  *   X  = x - zp_x
@@ -48,7 +48,7 @@
  * this is exactly clamp8(zp_out + requant(q1 - zp_acc, s_acc / s_out)). FWSA
  * never forms Q, K or Q K^T: with fuse_qk the Q, K and QK bits must be 0 (the
  * scores keep their single rounding, departing from the exported rounding
- * points there; tvm_tiny.mhsa_int8.lower_s8 drops q_acc/k_acc/qk_acc); V and O
+ * points there; tvm_tiny.ir.mhsa_s8.lower_s8 drops q_acc/k_acc/qk_acc); V and O
  * may be two-step. The extra requantization is per output element, not per MAC.
  *
  * Depth-first tiling as in tt_mhsa.h: per head, K_h and V_h^T go to scratch,
@@ -60,10 +60,11 @@
  * mode); see tt_mhsa_s8_get_buffer_size(). X = rows_per_block rounded up to
  * even (rows go in pairs), at most S.
  *
- * Layouts (C order; produced offline by tvm_tiny.mhsa_int8.arrange_s8). Weight
- * rows are zero-padded to n4 = n rounded up to a multiple of 4, and every group
- * of 4 bytes is stored as [w0, w2, w1, w3] so that Arm's SXTB16 yields the
- * natural int16 pairs (w0, w1), (w2, w3):
+ * Layouts (C order; produced offline by
+ * tvm_tiny.codegen.mhsa_s8_layout.arrange_s8). Weight rows are zero-padded to
+ * n4 = n rounded up to a multiple of 4, and every group of 4 bytes is stored
+ * as [w0, w2, w1, w3] so that Arm's SXTB16 yields the natural int16 pairs
+ * (w0, w1), (w2, w3):
  *
  * | field       | type     | layout          | meaning                               |
  * |-------------|----------|-----------------|---------------------------------------|
@@ -85,11 +86,12 @@
  * must be 4-byte aligned.
  *
  * Variants (same symbols; link exactly one of the first two):
- * - mhsa/tt_mhsa_s8.c: portable C reference, plain loops.
- * - mhsa/tt_mhsa_s8_simd.c: 2x2 register tiles over int16 operands through
- *   tt_simd.h: SMLAD on Cortex-M with the DSP extension, the PULP 2- and 4-way
- *   dot products on GAP9 (with TT_MHSA_S8_SDOT4, the unfused Q/K/V projections
- *   use int8 x int8 4-way dot products), portable C elsewhere.
+ * - mhsa/tt_mhsa_s8_reference.c: portable C reference, plain loops (tests).
+ * - mhsa/tt_mhsa_s8.c: the production kernel: 2x2 register tiles over int16
+ *   operands through tt_simd.h: SMLAD on Cortex-M with the DSP extension, the
+ *   PULP 2- and 4-way dot products on GAP9 (with TT_MHSA_S8_SDOT4, the unfused
+ *   Q/K/V projections use int8 x int8 4-way dot products), portable C
+ *   elsewhere.
  * - mhsa/tt_mhsa_s8_cluster.c: heads split across a cluster (tt_cluster.h) on
  *   top of either.
  */
@@ -202,7 +204,7 @@ typedef struct {
  * @endcode
  * Context mode is used when its accumulator is strictly smaller. The size is
  * independent of H except for the context (one head is live at a time).
- * Mirrored by tvm_tiny.mhsa_int8.scratch_bytes_s8.
+ * Mirrored by tvm_tiny.codegen.mhsa_s8_layout.scratch_bytes_s8.
  *
  * @return the size in bytes (> 0), or TT_ARG_ERROR (< 0) if a pointer is NULL,
  *         a field is out of range (a dimension above TT_MHSA_S8_MAX_DIM

@@ -1,7 +1,7 @@
 /**
  * @file tt_mhsa_s8_common.h
  * @brief NOT an API: internal to the int8 MHSA variants (tt_mhsa_s8.c,
- *        tt_mhsa_s8_simd.c), kept in include/ so that every build that copies the
+ *        tt_mhsa_s8_reference.c), kept in include/ so that every build that copies the
  *        kernel headers finds it: argument checks, the scratch layout,
  *        requantization and the public entry points (it defines functions, so
  *        exactly one .c file per variant includes it). That file defines

@@ -1,7 +1,7 @@
 /**
  * @file tt_mhsa_s8_cluster.c
  * @brief int8 MHSA split across the cores of a cluster by heads (tt_mhsa_s8.h,
- *        tt_cluster.h), on top of either tt_mhsa_s8.c or tt_mhsa_s8_simd.c.
+ *        tt_cluster.h), on top of either tt_mhsa_s8.c or tt_mhsa_s8_reference.c.
  *
  * @code
  *   fork 1, core c < A:  accumulator mode: y32_c = (c == 0 ? bo : 0), y32_c += heads c, c+A, ...

@@ -25,15 +25,16 @@ from tvm_tiny.codegen.linear import LinearDescriptor, describe_linear, emit_line
 from tvm_tiny.codegen.mhsa_f32 import emit_mhsa_f32
 from tvm_tiny.codegen.mhsa_s8 import emit_mhsa_s8
 from tvm_tiny.ir.enums import DType
-from tvm_tiny.ir.errors import CodegenError
+from tvm_tiny.ir.errors import CodegenError, TinyError
 from tvm_tiny.ir.kernel_config import KernelChoice
 from tvm_tiny.ir.mhsa import KernelConfig
+from tvm_tiny.ir.provenance import UNKNOWN, Provenance
 from tvm_tiny.partition.describe import MhsaDescriptor, describe_mhsa, offloaded_symbol
 from tvm_tiny.partition.partitioner import composite_name
 from tvm_tiny.partition.patterns import LINEAR_SPARSE_COMPOSITE, MHSA_COMPOSITE, MHSA_S8_COMPOSITE
 
-# (descriptor, kernel config or None, model, config source, cores) -> kernel
-Emitter = Callable[[Any, Any, str, str, int], GeneratedKernel]
+# (descriptor, kernel config or None, model, config source, cores, provenance) -> kernel
+Emitter = Callable[[Any, Any, str, str, int, Provenance], GeneratedKernel]
 EMITTERS: dict[tuple[str, str], Emitter] = {
     (MHSA_COMPOSITE, "float32"): emit_mhsa_f32,
     (MHSA_S8_COMPOSITE, "int8"): emit_mhsa_s8,
@@ -65,6 +66,11 @@ class CodegenSession:
     choices: dict[str, KernelChoice] = field(default_factory=dict)
     descriptors: dict[str, Descriptor] = field(default_factory=dict)
     generated: dict[str, GeneratedKernel] = field(default_factory=dict)
+    # The error the code generator raised, kept with its type: TVM's FFI re-raises it across
+    # RunCodegen as a plain RuntimeError, and the build re-raises this one instead.
+    failure: TinyError | None = None
+    # Stated in the header of every kernel source (tvm_tiny.ir.provenance).
+    provenance: Provenance = UNKNOWN
 
     def options(self) -> dict[str, CodegenSession]:
         """The ``RunCodegen`` options entry of ``tvm_tiny``."""
@@ -99,13 +105,15 @@ def generate_kernel(func: relax.Function, session: CodegenSession) -> GeneratedK
     desc = session.describe(func)
     if isinstance(desc, LinearDescriptor):
         return EMITTERS[(LINEAR_SPARSE_COMPOSITE, desc.dtype)](desc, None, session.model, "n/a",
-                                                               session.cores)
+                                                               session.cores,
+                                                               session.provenance)
     composite = composite_name(func)
     key = (composite, desc.dtype)
     if key not in EMITTERS:
         raise CodegenError(f"'{desc.symbol}': no tvm_tiny emitter for {composite} {desc.dtype}")
     choice = session.choices.get(desc.symbol) or default_choice(desc)
-    return EMITTERS[key](desc, choice.config, session.model, str(choice.origin), session.cores)
+    return EMITTERS[key](desc, choice.config, session.model, str(choice.origin), session.cores,
+                         session.provenance)
 
 
 @tvm_ffi.register_global_func("relax.ext.tvm_tiny")
@@ -119,7 +127,11 @@ def _relax_ext_tvm_tiny(funcs: list, options: dict, constant_names: dict) -> lis
     create = tvm.get_global_func("runtime.CSourceModuleCreate")
     modules = []
     for func in funcs:
-        kernel = generate_kernel(func, session)
+        try:
+            kernel = generate_kernel(func, session)
+        except TinyError as err:
+            session.failure = err
+            raise
         session.generated[kernel.symbol] = kernel
         modules.append(create(kernel.source, "c", [kernel.symbol], []))
     return modules

@@ -17,8 +17,15 @@ import numpy as np
 from tvm import relax
 
 from tvm_tiny.codegen.kernel import CONST_ALIGNMENT, GeneratedKernel, kernel_function_name
-from tvm_tiny.ir.cformat import const_array
+from tvm_tiny.ir.cformat import (
+    c_declaration,
+    const_array,
+    designated,
+    format_call,
+    format_signature,
+)
 from tvm_tiny.ir.errors import CodegenError
+from tvm_tiny.ir.provenance import UNKNOWN, Provenance
 from tvm_tiny.ir.relax_compat import constant_value, is_constant, static_shape
 from tvm_tiny.ir.sparse import csr_rows
 from tvm_tiny.partition.patterns import (
@@ -116,7 +123,8 @@ def metadata_entry(desc: LinearDescriptor, kernel: GeneratedKernel) -> dict[str,
 
 
 def emit_linear_sparse_f32(desc: LinearDescriptor, config: object, model: str,
-                           config_source: str, cores: int = 1) -> GeneratedKernel:
+                           config_source: str, cores: int = 1,
+                           provenance: Provenance = UNKNOWN) -> GeneratedKernel:
     """C source of one sparse linear instance calling ``tt_linear_f32_csr`` (``config``,
     ``config_source`` and ``cores`` are the MHSA emitters' arguments; unused: one core, no
     tunable knobs)."""
@@ -125,9 +133,11 @@ def emit_linear_sparse_f32(desc: LinearDescriptor, config: object, model: str,
     csr = csr_by_output(desc.weight)
     wide = csr["k_idx"].dtype == np.int32
     arrays = {"col_ptr": csr["col_ptr"]}
+    origin = f"W [K][N] from {provenance.describe_constant(desc.weight)}"
     consts = [
         const_array(f"{fn}_col_ptr", csr["col_ptr"], CONST_ALIGNMENT,
-                    "col_ptr [N+1]: nonzeros of output n are col_ptr[n] .. col_ptr[n+1]-1"),
+                    "col_ptr [N+1]: nonzeros of output n are col_ptr[n] .. col_ptr[n+1]-1; "
+                    + origin),
     ]
     if desc.nnz:  # an all-zero weight stores no values nor indices (NULL pointers)
         arrays["values"] = csr["values"]
@@ -138,31 +148,44 @@ def emit_linear_sparse_f32(desc: LinearDescriptor, config: object, model: str,
                                   "k_idx [nnz]: input index k of each value"))
     if desc.bias is not None:
         arrays["bias"] = desc.bias
-        consts.append(const_array(f"{fn}_bias", desc.bias, CONST_ALIGNMENT, "bias [N]"))
+        consts.append(const_array(f"{fn}_bias", desc.bias, CONST_ALIGNMENT,
+                                  f"bias [N], {provenance.describe_constant(desc.bias)}"))
     idx16 = f"{fn}_k_idx" if desc.nnz and not wide else "NULL"
     idx32 = f"{fn}_k_idx" if desc.nnz and wide else "NULL"
     bias = f"{fn}_bias" if desc.bias is not None else "NULL"
     values = f"{fn}_values" if desc.nnz else "NULL"
     params_bytes = int(sum(a.nbytes for a in arrays.values()))
+    density = f"{100.0 * desc.nnz / (desc.in_features * desc.out_features):.1f}"
+    header = provenance.c_comment(
+        f"tvm_tiny offloaded sparse linear '{desc.symbol}' of model '{model}'.", [
+            f"y[{desc.rows}][{desc.out_features}] = x[{desc.rows}][{desc.in_features}] "
+            f"W[{desc.in_features}][{desc.out_features}] + b, float32; W pruned: {desc.nnz} "
+            f"nonzeros ({density}%), stored as CSR by output column with "
+            f"{'int32' if wide else 'uint16'} indices: {desc.stored_bytes} bytes (dense "
+            f"{desc.dense_bytes} bytes). No scratch."])
+    params_c = ["const void *const *args", "void *const *outs", "uint8_t *scratch",
+                "int32_t scratch_bytes"]
     source = _LINEAR_TEMPLATE.format(
-        fn=fn, symbol=desc.symbol, model=model, r=desc.rows, k=desc.in_features,
-        n=desc.out_features, nnz=desc.nnz,
-        density=f"{100.0 * desc.nnz / (desc.in_features * desc.out_features):.1f}",
-        dense=desc.dense_bytes, stored=desc.stored_bytes, consts="\n".join(consts),
-        idx16=idx16, idx32=idx32, values=values, bias=bias,
-        index="int32" if wide else "uint16",
+        header=header, fn=fn, r=desc.rows, k=desc.in_features, n=desc.out_features,
+        consts="\n".join(consts),
+        dims=c_declaration("static const tt_linear_dims", f"{fn}_dims = {{"),
+        dims_fields=designated([("rows", str(desc.rows)), ("in_features", str(desc.in_features)),
+                                ("out_features", str(desc.out_features))]),
+        params=c_declaration("static const tt_linear_f32_csr_params", f"{fn}_params = {{"),
+        params_fields=designated([("col_ptr", f"{fn}_col_ptr"), ("k_idx16", idx16),
+                                  ("k_idx32", idx32), ("values", values), ("bias", bias),
+                                  ("nnz", str(desc.nnz))]),
+        declaration=format_signature(f"int32_t {fn}", params_c),
+        definition=format_signature(f"int32_t {fn}", params_c, " {"),
+        call=format_call("return (int32_t)tt_linear_f32_csr", [
+            f"&{fn}_dims", f"&{fn}_params", "(const float *)args[0]", "(float *)outs[0]"],
+            indent=2),
     )
     return GeneratedKernel(desc.symbol, fn, source, 0, params_bytes, LIBRARY_SOURCES)
 
 
 _LINEAR_TEMPLATE = """\
-/*
- * tvm_tiny offloaded sparse linear '{symbol}' of model '{model}' (generated; do not edit).
- * y[{r}][{n}] = x[{r}][{k}] W[{k}][{n}] + b, float32; W pruned: {nnz} nonzeros ({density}%),
- * stored as CSR by output column with {index} indices: {stored} bytes (dense {dense} bytes).
- * No scratch.
- */
-#include <math.h> /* NAN/INFINITY, should a weight hold them */
+{header}#include <math.h> /* NAN/INFINITY, should a weight hold them */
 #include <stddef.h>
 #include <stdint.h>
 
@@ -170,21 +193,19 @@ _LINEAR_TEMPLATE = """\
 #include "tvm_tiny/tt_runtime.h"
 
 {consts}
-static const tt_linear_dims {fn}_dims = {{
-  .rows = {r}, .in_features = {k}, .out_features = {n}}};
-static const tt_linear_f32_csr_params {fn}_params = {{
-  .col_ptr = {fn}_col_ptr, .k_idx16 = {idx16}, .k_idx32 = {idx32},
-  .values = {values}, .bias = {bias}, .nnz = {nnz}}};
+{dims}
+{dims_fields}
+}};
+{params}
+{params_fields}
+}};
 
-int32_t {fn}(const void *const *args, void *const *outs, uint8_t *scratch,
-             int32_t scratch_bytes);
+{declaration}
 
 /* AOT entry: args[0] = x [{r}][{k}], outs[0] = y [{r}][{n}]; no scratch. */
-int32_t {fn}(const void *const *args, void *const *outs, uint8_t *scratch,
-             int32_t scratch_bytes) {{
+{definition}
   (void)scratch;
   (void)scratch_bytes;
-  return (int32_t)tt_linear_f32_csr(&{fn}_dims, &{fn}_params, (const float *)args[0],
-                                    (float *)outs[0]);
+{call}
 }}
 """

@@ -1,129 +1,178 @@
 """Emitter of the int8 MHSA kernel instance (composite ``tvm_tiny.mhsa_s8`` → ``tt_mhsa_s8``).
 
-The descriptor's quantization (``attention_match.MhsaQuantization``: per-tensor activation
-parameters, int8 weights with per-column scales, float biases) becomes the kernel's
-``MhsaInt8Params``; ``mhsa_int8.arrange_s8`` lowers it offline to the arrays the C kernel reads
+The descriptor's quantization (``MhsaDescriptor.quant``, an ``ir.quant.MhsaInt8Params``: per-tensor
+activation parameters, int8 weights with per-column scales, float biases, as the partitioner read
+them) is lowered offline by ``codegen.mhsa_s8_layout.arrange_s8`` to the arrays the C kernel reads
 (int8 weights pre-arranged for SXTB16/SMLAD, int32 biases, fixed-point multipliers and shifts, the
-softmax lookup table), and ``scalar_fields_s8`` to the zero points and scalar multipliers. The
-numpy golden model ``mhsa_int8.reference_mhsa_s8`` computes exactly the same integers.
+softmax lookup table), and by ``scalar_fields_s8`` to the zero points and scalar multipliers. The
+numpy golden model ``reference.mhsa_s8.reference_mhsa_s8`` computes exactly the same integers.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from tvm_tiny.codegen.kernel import CONST_ALIGNMENT, GeneratedKernel, kernel_function_name
-from tvm_tiny.ir.cformat import const_array
-from tvm_tiny.ir.errors import CodegenError
-from tvm_tiny.ir.mhsa import KernelConfig, stored_params_bytes
-from tvm_tiny.ir.mhsa_s8 import (
+from tvm_tiny.codegen.mhsa_s8_layout import (
     ACC_ARRAY_FIELDS,
-    MhsaInt8Params,
-    QParams,
-    QWeight,
+    ARRAY_FIELDS,
     arrange_s8,
     cluster_scratch_bytes_s8,
     scalar_fields_s8,
     scratch_bytes_s8,
 )
-from tvm_tiny.partition.attention_match import MhsaQuantization
+from tvm_tiny.ir.cformat import (
+    CONTINUATION_INDENT,
+    c_comment,
+    c_declaration,
+    const_array,
+    designated,
+    format_call,
+    format_signature,
+    real_text,
+)
+from tvm_tiny.ir.errors import CodegenError
+from tvm_tiny.ir.mhsa import KernelConfig, stored_params_bytes
+from tvm_tiny.ir.provenance import UNKNOWN, Provenance
+from tvm_tiny.ir.quant import MhsaInt8Params, QParams
 from tvm_tiny.partition.describe import MhsaDescriptor
-from tvm_tiny.partition.layout_trace import QuantPoint
-from tvm_tiny.partition.qdq import QuantizedWeight
 
-ARRAY_FIELDS = ("wq", "wk", "wf", "wv", "wo", "bq", "bk", "bf", "bv", "bo", "q_mult", "q_shift",
-                "k_mult", "k_shift", "t_mult", "t_shift", "v_mult", "v_shift", "score_mult",
-                "score_shift", "o_mult", "o_shift", "softmax_lut")
-"""Pointer fields of ``tt_mhsa_s8_params`` (absent ones are NULL), then the stage-2 biases of
-the exported intermediate roundings (``mhsa_int8.ACC_ARRAY_FIELDS``)."""
-
-# tt_mhsa_s8_simd.c and tt_mhsa_s8.c define the same symbols: link one. The SIMD file uses the
-# Arm DSP extension when the target has it (__ARM_FEATURE_DSP) and its portable 4-way fallback
-# elsewhere; both are bit-exact against the golden model (tests/test_mhsa_s8_kernel.py).
-LIBRARY_SOURCES = ("mhsa/tt_mhsa_s8_simd.c",)
+# tt_mhsa_s8.c, the production kernel, uses the Arm DSP extension when the target has it
+# (__ARM_FEATURE_DSP), GAP9's 4-way dot products on RISC-V, and its portable fallback elsewhere;
+# tt_mhsa_s8_reference.c (same symbols, plain loops) is the test-only oracle it is checked
+# against. Both equal the golden model bit for bit (tests/test_mhsa_s8_kernel.py).
+LIBRARY_SOURCES = ("mhsa/tt_mhsa_s8.c",)
 CLUSTER_SOURCES = ("mhsa/tt_mhsa_s8_cluster.c", "port/tt_cluster_serial.c")
 
 
-def int8_params(desc: MhsaDescriptor) -> MhsaInt8Params:
-    """The kernel's quantization record from an int8 descriptor."""
-    quant: MhsaQuantization = desc.quant
-
-    def qp(point: QuantPoint | None) -> QParams | None:
-        return None if point is None else QParams(point.scale, point.zero_point)
-
-    def qw(weight: QuantizedWeight) -> QWeight:
-        return QWeight(weight.values, weight.scale)
-
-    w = desc.weights
-    return MhsaInt8Params(
-        x=qp(quant.x), q=qp(quant.q), k=qp(quant.k), v=qp(quant.v), scores=qp(quant.scores),
-        probs=qp(quant.probs), ctx=qp(quant.ctx), y=qp(quant.y),
-        wq=qw(quant.wq), wk=qw(quant.wk), wv=qw(quant.wv), wo=qw(quant.wo),
-        bq=w.bq, bk=w.bk, bv=w.bv, bo=w.bo, scale=w.scale,
-        q_acc=qp(quant.q_acc), k_acc=qp(quant.k_acc), v_acc=qp(quant.v_acc),
-        o_acc=qp(quant.o_acc), qk_acc=qp(quant.qk_acc),
-    )
+def _int8_params(desc: MhsaDescriptor) -> MhsaInt8Params:
+    """The quantization of an int8 descriptor (CodegenError when it has none)."""
+    if desc.quant is None:
+        raise CodegenError(f"'{desc.symbol}': int8 MHSA descriptor without quantization")
+    return desc.quant
 
 
 def emit_mhsa_s8(desc: MhsaDescriptor, config: KernelConfig, model: str, config_source: str,
-                 cores: int = 1) -> GeneratedKernel:
+                 cores: int = 1, provenance: Provenance = UNKNOWN) -> GeneratedKernel:
     """C source of one int8 MHSA instance calling ``tt_mhsa_s8``, or on a cluster of ``cores``
     > 1 cores ``tt_mhsa_s8_cluster`` (heads split across cores, then the output rows)."""
     shape = desc.shape
     fn = kernel_function_name(model, desc.symbol)
-    params = int8_params(desc)
+    params = _int8_params(desc)
     arrays = arrange_s8(params, shape, config)
     scalars = scalar_fields_s8(params, shape, config)
     fields = ARRAY_FIELDS + tuple(ACC_ARRAY_FIELDS)
     unknown = set(arrays) - set(fields)
     if unknown:  # a kernel field this emitter does not know would silently stay NULL
         raise CodegenError(f"'{desc.symbol}': arrange_s8 returned unknown fields {sorted(unknown)}")
-    consts = [const_array(f"{fn}_{name}", arrays[name], CONST_ALIGNMENT, name)
+    consts = [const_array(f"{fn}_{name}", arrays[name], CONST_ALIGNMENT,
+                          _array_comment(name, arrays, params, provenance))
               for name in fields if name in arrays]
-    pointers = ",\n  ".join(
-        f".{name} = {fn}_{name}" if name in arrays else f".{name} = NULL" for name in fields)
-    scalar_init = ",\n  ".join(f".{name} = {value}" for name, value in scalars.items())
+    pointers = [(name, f"{fn}_{name}" if name in arrays else "NULL") for name in fields]
+    call_args = [f"&{fn}_dims", f"&{fn}_config", f"&{fn}_params", "(const int8_t *)args[0]",
+                 "(int8_t *)outs[0]", "(int8_t *)(void *)scratch", "scratch_bytes"]
     if cores > 1:
         scratch = cluster_scratch_bytes_s8(shape, config, cores)
-        call = (f"tt_mhsa_s8_cluster(&{fn}_dims, &{fn}_config, &{fn}_params, "
-                f"(const int8_t *)args[0],\n                                     "
-                f"(int8_t *)outs[0], (int8_t *)(void *)scratch, scratch_bytes, {cores})")
+        call = format_call("return (int32_t)tt_mhsa_s8_cluster", [*call_args, str(cores)],
+                           indent=2)
         library, forks = LIBRARY_SOURCES + CLUSTER_SOURCES, 2
     else:
         scratch = scratch_bytes_s8(shape, config)
-        call = (f"tt_mhsa_s8(&{fn}_dims, &{fn}_config, &{fn}_params, (const int8_t *)args[0],"
-                f"\n                             (int8_t *)outs[0], (int8_t *)(void *)scratch, "
-                "scratch_bytes)")
+        call = format_call("return (int32_t)tt_mhsa_s8", call_args, indent=2)
         library, forks = LIBRARY_SOURCES, 0
     q = desc.quant
+    cores_text = f"heads split across {cores} cluster cores" if cores > 1 else "one core"
+    header = provenance.c_comment(
+        f"tvm_tiny offloaded int8 MHSA '{desc.symbol}' of model '{model}'.", [
+            f"Shape: S={shape.seq} E={shape.embed} H={shape.heads} P={shape.proj} "
+            f"E_out={shape.out_features}; int8 in, int8 out (QDQ semantics).",
+            f"Kernel config: rows_per_block={config.rows_per_block} fuse_qk="
+            f"{int(config.fuse_qk)} (from: {config_source}).",
+            f"Quantization (real = scale * (q - zero point)): x {_describe(q.x)}; y "
+            f"{_describe(q.y)}; softmax input {_describe(q.scores)}; softmax output "
+            f"{_describe(q.probs)}; attention scale {real_text(desc.weights.scale)}.",
+            "Fixed point: requant(acc, mult, shift) = (acc * mult + 2^(n-1)) >> n with "
+            "n = 31 - shift, i.e. acc times the real multiplier mult * 2^(shift-31), which the "
+            "comments give beside each mult/shift.",
+            f"Depth-first: one head and one block of score rows at a time ({cores_text}); "
+            f"scratch = {scratch} bytes (closed form, tt_mhsa_s8*_get_buffer_size), from the "
+            "model arena."])
+    params_c = ["const void *const *args", "void *const *outs", "uint8_t *scratch",
+                "int32_t scratch_bytes"]
     source = _MHSA_S8_TEMPLATE.format(
-        fn=fn, symbol=desc.symbol, model=model, s=shape.seq, e=shape.embed, h=shape.heads,
-        p=shape.proj, eo=shape.out_features, rows=config.rows_per_block,
-        fuse=int(config.fuse_qk), source=config_source, scratch=scratch,
-        consts="\n".join(consts), pointers=pointers, scalars=scalar_init,
-        x=_describe(q.x), y=_describe(q.y), scores=_describe(q.scores),
-        probs=_describe(q.probs), attn_scale=repr(desc.weights.scale), call=call,
-        cores=f"heads split across {cores} cluster cores" if cores > 1 else "one core",
+        header=header, fn=fn, consts="\n".join(consts),
+        dims=c_declaration("static const tt_mhsa_dims", f"{fn}_dims = {{"),
+        dims_fields=designated([("seq", str(shape.seq)), ("embed", str(shape.embed)),
+                                ("heads", str(shape.heads)), ("proj", str(shape.proj)),
+                                ("out_features", str(shape.out_features))]),
+        config=c_declaration("static const tt_mhsa_config", f"{fn}_config = {{"),
+        config_fields=designated([("rows_per_block", str(config.rows_per_block)),
+                                  ("fuse_qk", str(int(config.fuse_qk)))]),
+        params=c_declaration("static const tt_mhsa_s8_params", f"{fn}_params = {{"),
+        params_fields=designated(pointers) + "\n" + _scalar_fields(scalars),
+        declaration=format_signature(f"int32_t {fn}", params_c),
+        definition=format_signature(f"int32_t {fn}", params_c, " {"), call=call,
     )
     return GeneratedKernel(desc.symbol, fn, source, scratch, stored_params_bytes(arrays),
                            library, forks)
 
 
-def _describe(point: QuantPoint) -> str:
-    return f"scale {np.float32(point.scale)!r}, zero point {point.zero_point}"
+def _describe(point: QParams) -> str:
+    return f"scale {real_text(point.scale)}, zero point {point.zero_point}"
+
+
+def _fixed_point(mult: int, shift: int, exponent_of_shift: int = -31) -> str:
+    """``real = mult * 2^(shift + exponent_of_shift)`` as the comments print it."""
+    exponent = int(shift) + exponent_of_shift
+    return f"{real_text(math.ldexp(int(mult), exponent))} = {int(mult)} * 2^{exponent}"
+
+
+def _array_comment(name: str, arrays: dict[str, np.ndarray], params: MhsaInt8Params,
+                   provenance: Provenance) -> str:
+    """The comment above one ``tt_mhsa_s8_params`` array: the real multiplier of every
+    mult/shift element, and the ONNX initializer a weight is arranged from."""
+    if name.endswith("_mult") and name.replace("_mult", "_shift") in arrays:
+        shifts = arrays[name.replace("_mult", "_shift")].reshape(-1)
+        reals = [_fixed_point(m, s) for m, s in zip(arrays[name].reshape(-1), shifts)]
+        return f"{name} (with {name.replace('_mult', '_shift')}), real multipliers: " + \
+            ", ".join(reals)
+    if name.endswith("_shift") and name.replace("_shift", "_mult") in arrays:
+        return f"{name}: exponents of {name.replace('_shift', '_mult')} (see there)"
+    weight = getattr(params, name, None) if name in ("wq", "wk", "wv", "wo") else None
+    if weight is not None and hasattr(weight, "values"):
+        return f"{name}, arranged from {provenance.describe_constant(weight.values)}"
+    return name
+
+
+_PROBS_PAIR = ("probs_mult", "probs_shift")
+
+
+def _scalar_fields(scalars: dict[str, int]) -> str:
+    """The scalar fields of ``tt_mhsa_s8_params``, each mult/shift pair under a comment with
+    its real value (``probs``: 1/s_probs = probs_mult * 2^-probs_shift, tt_mhsa_s8.h)."""
+    lines, done = [], set()
+    for name, value in scalars.items():
+        if name in done:
+            continue
+        shift = name.replace("_mult", "_shift")
+        if name.endswith("_mult") and shift in scalars:
+            if name == _PROBS_PAIR[0]:
+                text = f"1/s_probs: {_fixed_point(value, -int(scalars[shift]), 0)}"
+            else:
+                text = f"{name[:-5]}: {_fixed_point(value, scalars[shift])}"
+            lines.append(c_comment(text, CONTINUATION_INDENT))
+            lines.append(f"    .{name} = {value},")
+            lines.append(f"    .{shift} = {scalars[shift]},")
+            done.add(shift)
+        else:
+            lines.append(f"    .{name} = {value},")
+    return "\n".join(lines)
 
 
 _MHSA_S8_TEMPLATE = """\
-/*
- * tvm_tiny offloaded int8 MHSA '{symbol}' of model '{model}' (generated; do not edit).
- * Shape: S={s} E={e} H={h} P={p} E_out={eo}; int8 in, int8 out (QDQ semantics).
- * Kernel config: rows_per_block={rows} fuse_qk={fuse} (from: {source}).
- * Quantization (real = scale * (q - zero point)): x {x}; y {y};
- *   softmax input {scores}; softmax output {probs}; attention scale {attn_scale}.
- * Depth-first: one head and one block of score rows at a time ({cores});
- * scratch = {scratch} bytes (closed form, tt_mhsa_s8*_get_buffer_size), from the model arena.
- */
-#include <stddef.h>
+{header}#include <stddef.h>
 #include <stdint.h>
 
 #include "tt_cluster.h"
@@ -131,19 +180,20 @@ _MHSA_S8_TEMPLATE = """\
 #include "tvm_tiny/tt_runtime.h"
 
 {consts}
-static const tt_mhsa_dims {fn}_dims = {{
-  .seq = {s}, .embed = {e}, .heads = {h}, .proj = {p}, .out_features = {eo}}};
-static const tt_mhsa_config {fn}_config = {{.rows_per_block = {rows}, .fuse_qk = {fuse}}};
-static const tt_mhsa_s8_params {fn}_params = {{
-  {pointers},
-  {scalars}}};
+{dims}
+{dims_fields}
+}};
+{config}
+{config_fields}
+}};
+{params}
+{params_fields}
+}};
 
-int32_t {fn}(const void *const *args, void *const *outs, uint8_t *scratch,
-             int32_t scratch_bytes);
+{declaration}
 
 /* AOT entry: args[0] = x int8 [S][E], outs[0] = y int8 [S][E_out]; scratch from the arena. */
-int32_t {fn}(const void *const *args, void *const *outs, uint8_t *scratch,
-             int32_t scratch_bytes) {{
-  return (int32_t){call};
+{definition}
+{call}
 }}
 """

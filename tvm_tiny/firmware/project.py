@@ -13,36 +13,53 @@ toolchain and ``make`` alone (no Python, no TVM)::
     sample/                  a sample input and the host's outputs for it (checked by main.c)
 
 ``model.elf`` measures the whole run; ``model_profiled.elf`` is the same firmware with the
-entry point compiled with ``-DTT_PROFILE_STEPS``, which adds one window per kernel call (the
-marker calls cost a few instructions each, so totals come from ``model.elf``).
-:func:`tvm_tiny.firmware.qemu.run_on_board` builds the same project in the cache and runs it.
+model's ``profiled_sources`` (the entry point, and the cluster port) compiled with
+``-DTT_PROFILE_STEPS``, which adds one window per kernel call (the marker calls cost a few
+instructions each, so totals come from ``model.elf``).
+
+:func:`model_firmware` is the project as a :class:`tvm_tiny.firmware.builder.FirmwareSpec`:
+:func:`tvm_tiny.firmware.runner.run_on_board` builds that spec with the firmware builder, and
+the Makefile is rendered from the same spec and the same flag functions, so ``make`` and
+``run_on_board`` link the same ELF bytes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tvm_tiny import __version__
+from tvm_tiny.firmware.builder import (
+    LINK_LIBS,
+    PORT_DIR,
+    PROFILE_DEFINES,
+    FirmwareSpec,
+    Image,
+    Unit,
+    board_flags,
+    include_dirs,
+    port_files,
+)
+from tvm_tiny.firmware.linker import linker_script
+from tvm_tiny.firmware.model import FirmwareModel, board_for, window_labels
+from tvm_tiny.firmware.qemu import plugin_api_version, plugin_source
+from tvm_tiny.firmware.windows import labels_text
 from tvm_tiny.ir.cformat import c_type
-from tvm_tiny.targets.boards import Board, MemoryKind, get_board
-from tvm_tiny.targets.resources import runtime_dir
-from tvm_tiny.targets.toolchain import WARNING_FLAGS, write_tree
-
-if TYPE_CHECKING:
-    from tvm_tiny.module import TinyModule
+from tvm_tiny.ir.version import __version__
+from tvm_tiny.targets.boards import Board
+from tvm_tiny.targets.toolchain import write_tree
 
 ELF = "build/model.elf"
 PROFILED_ELF = "build/model_profiled.elf"
 LABELS = "firmware/windows.txt"
 PROFILED_LABELS = "firmware/windows_profiled.txt"
-PORT_DIR = "ports/semihost"
 PLUGIN_SOURCE = "tools/qemu_wincount/wincount.c"
 SAMPLE_DIR = "sample"
-MAX_LABEL_CHARS = 90  # the plugin keeps 95 characters per label
+#: Object groups of a model firmware (``build/<group>/``): every unit, and the profiled units.
+PLAIN_GROUP = "obj"
+PROFILED_GROUP = "profiled"
 
 # Board outputs match the host's when |board - host| <= ATOL + RTOL * |host|. Both run the same
 # C with -ffp-contract=off (-std=c99), so the only differences come from libm (picolibc vs glibc
@@ -52,198 +69,8 @@ OUTPUT_ATOL = 1e-4
 OUTPUT_RTOL = 1e-4
 
 
-def board_for(lib: TinyModule, board: Board | None = None) -> Board:
-    """The board a project for ``lib`` targets (``board`` overrides the library's target)."""
-    board = board or get_board(lib.target)
-    if board.is_host or board.toolchain is None or board.placement is None:
-        raise ValueError(
-            f"model '{lib.name}' was built for target '{lib.target}', which is not a board; "
-            "build it with target=<board> (see tvm_tiny.boards())")
-    return board
-
-
-def cluster_steps(lib: TinyModule) -> dict[str, dict[str, int]]:
-    """Offloaded kernels split across a cluster: name -> {"cores", "active_cores", "forks"}."""
-    return {e["name"]: e["cluster"] for e in lib.metadata["offloaded"] if "cluster" in e}
-
-
-def window_labels(lib: TinyModule, profiled: bool) -> list[str]:
-    """Labels of the windows in the order they open: the run, then (profiled) each kernel call
-    and, inside a cluster kernel, each core's task of each fork."""
-    labels = ["run"]
-    if profiled:
-        clusters = cluster_steps(lib)
-        for step in lib.metadata["steps"]:
-            labels.append(step["name"])
-            cluster = clusters.get(step["name"])
-            if cluster is not None:
-                labels += [f"{step['name']} fork{f} core{c}" for f in range(cluster["forks"])
-                           for c in range(cluster["cores"])]
-    return [label.replace("\n", " ")[:MAX_LABEL_CHARS] for label in labels]
-
-
-def profiled_sources(lib: TinyModule) -> list[str]:
-    """Translation units whose code depends on ``TT_PROFILE_STEPS``: the entry point (a window
-    per kernel call) and the cluster port (a window per core); the profiled firmware builds them
-    a second time with the define."""
-    return [p for p in lib.source_files()
-            if "TT_STEP_BEGIN(" in lib.files[p] or "TT_PROFILE_STEPS" in lib.files[p]]
-
-
-def per_kernel(steps: list[tuple[str, int]]) -> dict[str, int]:
-    """Instructions per kernel name, summed over its calls (a kernel may run more than once)."""
-    totals: dict[str, int] = {}
-    for name, count in steps:
-        totals[name] = totals.get(name, 0) + count
-    return totals
-
-
-# -- linker script ------------------------------------------------------------------------------
-def linker_script(board: Board) -> str:
-    """GNU ld script: the board's memories at their real sizes, picolibc's crt0 symbols, no heap.
-
-    Code and constants go to ``placement.code``, ``.data``/``.bss`` (arena, I/O buffers) to
-    ``placement.data`` and a ``placement.stack_bytes`` stack to ``placement.stack``; a model that
-    does not fit fails to link with "region ... overflowed".
-    """
-    place = board.placement
-    assert place is not None and board.emulator is not None
-    code, data, stack = place.code, place.data, place.stack
-    regions = []
-    for mem in board.memories:
-        attrs = "rx" if mem.kind is MemoryKind.FLASH else "rwx"
-        regions.append(
-            f"  {mem.name} ({attrs}) : ORIGIN = 0x{mem.emulated_origin:08X}, LENGTH = {mem.size}"
-            f"  /* {mem.size // 1024} KiB; on the part at 0x{mem.origin:08X} */")
-    return _LINKER_SCRIPT.format(
-        board=board.name, machine=board.emulator.machine, version=__version__,
-        regions="\n".join(regions), code=code, data=data, stack=stack,
-        stack_bytes=place.stack_bytes)
-
-
-_LINKER_SCRIPT = """\
-/*
- * Linker script for board '{board}' (generated by tvm_tiny {version}; do not edit).
- * Memory SIZES are the real part's; ORIGINs are where the emulator (QEMU {machine}) maps them.
- * A model that does not fit fails to link ("region ... overflowed by N bytes").
- * Symbols follow picolibc's crt0 (data copy, bss clear, TLS); there is no heap.
- */
-ENTRY(_start)
-
-MEMORY
-{{
-{regions}
-}}
-
-PHDRS
-{{
-  text PT_LOAD;
-  ram PT_LOAD;
-  ram_init PT_LOAD;
-  tls PT_TLS;
-}}
-
-SECTIONS
-{{
-  .init : {{
-    KEEP (*(.text.init.enter))
-    KEEP (*(.data.init.enter))
-    KEEP (*(SORT_BY_NAME(.init) SORT_BY_NAME(.init.*)))
-  }} >{code} AT>{code} :text
-
-  .text : {{
-    *(.text.unlikely .text.unlikely.*)
-    *(.text.startup .text.startup.*)
-    *(.text .text.*)
-    KEEP (*(.fini .fini.*))
-    *(.rodata .rodata.*)
-    *(.srodata .srodata.*)
-    *(.data.rel.ro .data.rel.ro.*)
-    *(.got .got.*)
-    . = ALIGN(8);
-    PROVIDE_HIDDEN(__preinit_array_start = .);
-    KEEP (*(.preinit_array))
-    PROVIDE_HIDDEN(__preinit_array_end = .);
-    PROVIDE_HIDDEN(__init_array_start = .);
-    KEEP (*(SORT_BY_INIT_PRIORITY(.init_array.*) SORT_BY_INIT_PRIORITY(.ctors.*)))
-    KEEP (*(.init_array .ctors))
-    PROVIDE_HIDDEN(__init_array_end = .);
-    PROVIDE_HIDDEN(__fini_array_start = .);
-    KEEP (*(SORT_BY_INIT_PRIORITY(.fini_array.*) SORT_BY_INIT_PRIORITY(.dtors.*)))
-    KEEP (*(.fini_array .dtors))
-    PROVIDE_HIDDEN(__fini_array_end = .);
-  }} >{code} AT>{code} :text
-
-  .data : ALIGN_WITH_INPUT {{
-    *(.data .data.*)
-    . = ALIGN(8);
-    PROVIDE(__global_pointer$ = . + 0x800);
-    *(.sdata .sdata.* .sdata2.*)
-  }} >{data} AT>{code} :ram_init
-  PROVIDE(__data_start = ADDR(.data));
-  PROVIDE(__data_source = LOADADDR(.data));
-
-  .tdata : ALIGN_WITH_INPUT {{
-    *(.tdata .tdata.*)
-    PROVIDE(__data_end = .);
-  }} >{data} AT>{code} :tls :ram_init
-  PROVIDE(__tls_base = ADDR(.tdata));
-  PROVIDE(__tdata_size = SIZEOF(.tdata));
-  PROVIDE(__data_source_end = LOADADDR(.tdata) + SIZEOF(.tdata));
-  PROVIDE(__data_size = __data_end - __data_start);
-  PROVIDE(__data_source_size = __data_source_end - __data_source);
-
-  .tbss (NOLOAD) : {{
-    *(.tbss .tbss.*)
-    *(.tcommon)
-    PROVIDE(__tls_end = .);
-  }} >{data} AT>{data} :tls :ram
-  PROVIDE(__bss_start = ADDR(.tbss));
-  PROVIDE(__tbss_size = SIZEOF(.tbss));
-  PROVIDE(__tls_size = __tls_end - __tls_base);
-  PROVIDE(__tls_align = MAX(ALIGNOF(.tdata), ALIGNOF(.tbss)));
-  PROVIDE(__arm32_tls_tcb_offset = MAX(8, __tls_align));
-
-  /* .tbss takes no space of its own in the layout; reserve it. */
-  .tbss_space (NOLOAD) : {{
-    . = ADDR(.tbss);
-    . = . + SIZEOF(.tbss);
-  }} >{data} AT>{data} :ram
-
-  .bss (NOLOAD) : {{
-    *(.sbss*)
-    *(.bss .bss.*)
-    *(COMMON)
-    . = ALIGN(8);
-    __bss_end = .;
-  }} >{data} AT>{data} :ram
-  PROVIDE(__bss_size = __bss_end - __bss_start);
-
-  /* No heap: tvm_tiny never allocates, and any malloc() returns NULL. */
-  PROVIDE(__heap_start = __bss_end);
-  PROVIDE(__heap_end = __bss_end);
-
-  .stack (NOLOAD) : {{
-    . = ALIGN(8);
-    __tt_stack_limit = .;
-    . = . + {stack_bytes};
-    __stack = .;
-  }} >{stack} :ram
-
-  /DISCARD/ : {{
-    *(.note .note.*)
-    *(.eh_frame .eh_frame.*)
-    *(.ARM.extab* .gnu.linkonce.armextab.*)
-    *(.ARM.exidx*)
-  }}
-}}
-
-ASSERT(__data_size == __data_source_size, "ERROR: .data/.tdata flash size does not match RAM size");
-"""
-
-
 # -- firmware harness ---------------------------------------------------------------------------
-def firmware_main(lib: TinyModule, board: Board) -> str:
+def firmware_main(lib: FirmwareModel, board: Board) -> str:
     """``firmware/main.c``: inputs from files, one run between window markers, outputs to files,
     checksums, stack high-water mark, ``minstret`` (RISC-V), and a check against expected files
     when they are present. Exit status: 0 ok, 1 model error, 2 I/O error, 3 output mismatch."""
@@ -351,7 +178,7 @@ int main(void) {{
     printf("tvm_tiny: minstret %" PRIu64 "\\n", instret_after - instret_before);
   }}
   if (rc != 0) {{
-    printf("tvm_tiny: error: %s\\n", tt_last_error());
+    printf("tvm_tiny: error: %s\\n", {prefix}_last_error());
     return TT_EXIT_MODEL;
   }}
 {reports}
@@ -365,38 +192,34 @@ def _make_list(items: list[str]) -> str:
     return " \\\n  ".join(items)
 
 
-def firmware_cflags(board: Board) -> list[str]:
-    """C flags of every firmware translation unit (after the toolchain's arch flags); the
-    tuner's measurement firmware uses the same, so its counts are the deployed code's."""
-    assert board.toolchain is not None
-    return [*WARNING_FLAGS, "-O2", "-ffunction-sections", "-fdata-sections",
-            *board.toolchain.libc_flags]
+def makefile(lib: FirmwareModel, spec: FirmwareSpec, plugin_api: int) -> str:
+    """The project's Makefile: ``make`` builds both ELFs of ``spec``, ``make run`` emulates them.
 
-
-def firmware_ldflags(board: Board, script: str) -> list[str]:
-    """Link flags of a firmware (after the arch flags) with linker script ``script``."""
-    assert board.toolchain is not None
-    tc = board.toolchain
-    return [*tc.libc_flags, *tc.link_flags, f"-T{script}", "-Wl,--gc-sections",
-            "-Wl,--print-memory-usage"]
-
-
-def makefile(lib: TinyModule, board: Board, plugin_api: int) -> str:
-    """The project's Makefile: ``make`` builds both ELFs, ``make run`` emulates them."""
+    Rendered from the spec and :func:`tvm_tiny.firmware.builder.board_flags`, the same as the
+    firmware builder's commands (``compile_argv``/``link_argv``); a spec the two pattern rules
+    cannot express is refused rather than exported with other flags.
+    """
+    board = spec.board
     assert board.toolchain is not None and board.emulator is not None
     tc, emu = board.toolchain, board.emulator
-    sources = [*lib.source_files(), f"{PORT_DIR}/tt_port.c", "firmware/main.c"]
-    cflags = firmware_cflags(board)
-    ldflags = firmware_ldflags(board, f"firmware/{board.name}.ld")
-    includes = [f"-I{d}" for d in (*lib.include_dirs(), PORT_DIR)]
+    plain, profiled = spec.image(ELF), spec.image(PROFILED_ELF)
+    sources = [u.source for u in plain.units]
+    profiled_srcs = [u.source for u in profiled.units if u.group == PROFILED_GROUP]
+    expected = _images(sources, profiled_srcs)
+    if (plain.units, profiled.units) != expected:
+        raise ValueError(f"firmware '{spec.name}': its units do not follow the Makefile's "
+                         "rules (build/obj: no extra flags; build/profiled: PROFILE_FLAGS)")
+    flags = board_flags(board)
     return _MAKEFILE.format(
         model=lib.name, board=board.name, description=board.description, version=__version__,
         machine=emu.machine, packages=f"{tc.debian_packages} {emu.debian_package} make",
-        cc=tc.cc, nm=tc.nm, qemu=emu.binary, plugin_api=plugin_api,
-        arch=shlex.join(tc.arch_flags), cflags=shlex.join(cflags), ldflags=shlex.join(ldflags),
-        includes=shlex.join(includes),
+        cc=flags.cc, nm=tc.nm, qemu=emu.binary, plugin_api=plugin_api,
+        arch=shlex.join(flags.arch), cflags=shlex.join(flags.cflags),
+        profile_flags=shlex.join(PROFILE_DEFINES),
+        ldflags=shlex.join(flags.ldflags(spec.script)), libs=shlex.join(LINK_LIBS),
+        includes=shlex.join(f"-I{d}" for d in include_dirs(spec.files)),
         qemu_flags=shlex.join(emu.argv()[1:]), sources=_make_list(sources),
-        profiled=_make_list(profiled_sources(lib)),
+        profiled=_make_list(profiled_srcs),
         elf=ELF, profiled_elf=PROFILED_ELF, labels=LABELS, profiled_labels=PROFILED_LABELS,
         plugin_source=PLUGIN_SOURCE, sample=SAMPLE_DIR)
 
@@ -416,15 +239,18 @@ HOSTCC ?= cc
 # QEMU TCG plugin API version: 1 for QEMU 7.x/8.x.
 QEMU_PLUGIN_API ?= {plugin_api}
 
+# The firmware builder's flags for this board (tvm_tiny.firmware.builder.board_flags).
 ARCH := {arch}
-CFLAGS := $(ARCH) {cflags}
-LDFLAGS := $(ARCH) {ldflags}
+CFLAGS := {cflags}
+PROFILE_FLAGS := {profile_flags}
 INCLUDES := {includes}
+LDFLAGS := {ldflags}
+LIBS := {libs}
 QEMU_FLAGS := {qemu_flags}
 
 SRCS := \\
   {sources}
-# Compiled a second time with -DTT_PROFILE_STEPS: one instruction window per kernel call (and,
+# Compiled a second time with $(PROFILE_FLAGS): one instruction window per kernel call (and,
 # in the cluster port, per core) in {profiled_elf}.
 PROFILED_SRCS := \\
   {profiled}
@@ -439,15 +265,15 @@ all: {elf} {profiled_elf}
 
 build/obj/%.o: %.c
 \t@mkdir -p $(@D)
-\t$(CC) $(CFLAGS) $(INCLUDES) -c $< -o $@
+\t$(CC) $(ARCH) $(CFLAGS) $(INCLUDES) -c $< -o $@
 
 build/profiled/%.o: %.c
 \t@mkdir -p $(@D)
-\t$(CC) $(CFLAGS) $(INCLUDES) -DTT_PROFILE_STEPS -c $< -o $@
+\t$(CC) $(ARCH) $(CFLAGS) $(PROFILE_FLAGS) $(INCLUDES) -c $< -o $@
 
 # Link, keep the per-region memory use (ld --print-memory-usage) next to the ELF.
 define link
-\t$(CC) $(1) $(LDFLAGS) -Wl,-Map=$(2:.elf=.map) -o $(2) -lm > $(2:.elf=.memory.txt)
+\t$(CC) $(ARCH) $(1) $(LDFLAGS) -Wl,-Map=$(2:.elf=.map) -o $(2) $(LIBS) > $(2:.elf=.memory.txt)
 \t@cat $(2:.elf=.memory.txt)
 endef
 
@@ -481,23 +307,47 @@ clean:
 """
 
 
+
 # -- the project --------------------------------------------------------------------------------
-def project_files(lib: TinyModule, board: Board, plugin_api: int) -> dict[str, str]:
-    """Every text file of the project except the sample data."""
+def _images(sources: list[str], profiled: list[str]) -> tuple[tuple[Unit, ...], tuple[Unit, ...]]:
+    """Units of ``model.elf`` and ``model_profiled.elf``. The profiled image links the other
+    units first, then the profiled ones (the Makefile's ``PROFILED_OBJS`` order)."""
+    plain = tuple(Unit(s, PLAIN_GROUP) for s in sources)
+    again = tuple(Unit(s, PROFILED_GROUP, PROFILE_DEFINES) for s in profiled)
+    return plain, tuple(u for u in plain if u.source not in profiled) + again
+
+
+def model_firmware(lib: FirmwareModel, board: Board | None = None,
+                   plugin_api: int | None = None) -> FirmwareSpec:
+    """The project of ``lib`` for ``board`` (default: the model's) as a firmware spec: every
+    text file of the project (the sample data aside), ``model.elf`` and ``model_profiled.elf``.
+
+    ``plugin_api`` is written into the Makefile (default: the installed QEMU's, else 1).
+    """
+    board = board_for(lib, board)
+    assert board.emulator is not None
+    if plugin_api is None:
+        plugin_api = plugin_api_version(board.emulator.binary, required=False)
     files: dict[str, str] = dict(lib.files)
-    port = runtime_dir() / "ports" / "semihost"
-    for name in ("tt_port.h", "tt_port.c"):
-        files[f"{PORT_DIR}/{name}"] = (port / name).read_text()
-    files[PLUGIN_SOURCE] = (runtime_dir() / "tools" / "qemu_wincount" / "wincount.c").read_text()
+    files.update(port_files())
+    files[PLUGIN_SOURCE] = plugin_source()
     files["firmware/main.c"] = firmware_main(lib, board)
-    files[f"firmware/{board.name}.ld"] = linker_script(board)
-    files[LABELS] = "\n".join(window_labels(lib, profiled=False)) + "\n"
-    files[PROFILED_LABELS] = "\n".join(window_labels(lib, profiled=True)) + "\n"
-    files["Makefile"] = makefile(lib, board, plugin_api)
-    return files
+    script = f"firmware/{board.name}.ld"
+    files[script] = linker_script(board)
+    files[LABELS] = labels_text(window_labels(lib, profiled=False))
+    files[PROFILED_LABELS] = labels_text(window_labels(lib, profiled=True))
+    sources = [*lib.source_files(), f"{PORT_DIR}/tt_port.c", "firmware/main.c"]
+    unknown = [p for p in lib.profiled_sources if p not in sources]
+    if unknown:
+        raise ValueError(f"model '{lib.name}': profiled sources {unknown} are not among its "
+                         "translation units")
+    plain, profiled = _images(sources, [s for s in sources if s in lib.profiled_sources])
+    spec = FirmwareSpec(lib.prefix, board, files, script,
+                        (Image(ELF, plain), Image(PROFILED_ELF, profiled)))
+    return dataclasses.replace(spec, files={**files, "Makefile": makefile(lib, spec, plugin_api)})
 
 
-def sample_inputs(lib: TinyModule, seed: int = 0) -> list[np.ndarray]:
+def sample_inputs(lib: FirmwareModel, seed: int = 0) -> list[np.ndarray]:
     """Seeded standard-normal inputs (integers: uniform over a small range)."""
     rng = np.random.default_rng(seed)
     arrays = []
@@ -509,7 +359,7 @@ def sample_inputs(lib: TinyModule, seed: int = 0) -> list[np.ndarray]:
     return arrays
 
 
-def export_project(lib: TinyModule, directory: str | Path,
+def export_project(lib: FirmwareModel, directory: str | Path,
                    inputs: list[np.ndarray] | None = None, *,
                    board: Board | None = None) -> Path:
     """Write a self-contained firmware project for ``lib``'s board into ``directory``.
@@ -529,13 +379,9 @@ def export_project(lib: TinyModule, directory: str | Path,
     board
         Override the board profile (e.g. a variant with other memory sizes).
     """
-    from tvm_tiny.firmware.qemu import plugin_api_version
-
-    board = board_for(lib, board)
-    assert board.emulator is not None
+    spec = model_firmware(lib, board)
     root = Path(directory)
-    files: dict[str, str | bytes] = dict(
-        project_files(lib, board, plugin_api_version(board.emulator.binary, required=False)))
+    files: dict[str, str | bytes] = dict(spec.files)
     arrays = [np.ascontiguousarray(a) for a in (inputs or sample_inputs(lib))]
     for i, array in enumerate(arrays):
         files[f"{SAMPLE_DIR}/input{i}.bin"] = array.tobytes()

@@ -3,11 +3,17 @@
 Calibration is onnxruntime's (MinMax by default); nothing is re-implemented here. The result is
 the QDQ format tvm_tiny's int8 path consumes: QInt8 activations (per-tensor) and QInt8 weights
 (per-tensor, or per output channel with ``per_channel=True``).
+
+onnxruntime logs advice through the root logger that does not apply to this use; the few
+messages in :data:`_IGNORED_ADVICE` are dropped for the duration of the call (each says why).
+Every other onnxruntime warning still reaches the user.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -16,6 +22,28 @@ import numpy as np
 import onnx
 
 from tvm_tiny.ir.errors import ModelError
+
+# onnxruntime.quantization warns through ``logging.warning`` (the root logger). These messages
+# concern nothing the caller did wrong and nothing tvm_tiny would do differently:
+_IGNORED_ADVICE = (
+    # Logged twice for every model not run through ``quant_pre_process``. That optional step
+    # (symbolic shape inference, onnxruntime graph optimizations) rewrites the graph; quantize
+    # quantizes the model as given, and quantize_static runs ONNX shape inference itself.
+    re.compile(r"^Please consider (to run )?pre-processing before quantization\."),
+    # per_channel=True: a 1-D weight (LayerNormalization's scale) has no output-channel axis, so
+    # onnxruntime keeps one scale for the tensor, which is what a 1-D weight needs.
+    re.compile(r"^Axis -?\d+ is out-of-range for weight '.*' with rank 1$"),
+)
+
+
+class _DropIgnoredAdvice(logging.Filter):
+    """Root-logger filter dropping onnxruntime.quantization's :data:`_IGNORED_ADVICE` alone."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "onnxruntime" not in Path(record.pathname).parts:
+            return True
+        message = record.getMessage()
+        return not any(pattern.search(message) for pattern in _IGNORED_ADVICE)
 
 
 class _Reader:
@@ -66,9 +94,15 @@ def quantize(model: onnx.ModelProto | str | os.PathLike,
     with tempfile.TemporaryDirectory(prefix="tvm_tiny_quant_") as tmp:
         src, dst = Path(tmp) / "float.onnx", Path(tmp) / "qdq.onnx"
         onnx.save(model, str(src))
-        quantize_static(
-            str(src), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-        )
+        root, advice = logging.getLogger(), _DropIgnoredAdvice()
+        root.addFilter(advice)
+        try:
+            quantize_static(
+                str(src), str(dst), reader, quant_format=QuantFormat.QDQ,
+                per_channel=per_channel, activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            )
+        finally:
+            root.removeFilter(advice)
         return onnx.load(str(dst))

@@ -1,1 +1,1 @@
-"""Shared types of every stage: MHSA and linear descriptors, quantization, kernel configs, errors."""
+"""Shared types of every stage: MHSA shapes and weights, quantization, kernel configs, errors."""

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import math
 import re
+import textwrap
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -72,24 +74,194 @@ def _float_literal(value: float, suffix: str, single: bool) -> str:
     return text + suffix
 
 
-def format_values(array: np.ndarray, per_line: int = 8, indent: str = "  ") -> str:
-    """Comma-separated C initializer values of ``array`` (flattened), several per line."""
+COLUMN_LIMIT = 100
+"""Column limit of generated C, as in the repository's ``.clang-format``."""
+CONTINUATION_INDENT = 4
+"""clang-format's ``ContinuationIndentWidth`` (Google style), used for wrapped lines."""
+
+
+def c_float(value: float, single: bool = True) -> str:
+    """A C literal of ``value``: shortest round-trip decimal, ``f`` suffix for float."""
+    return _float_literal(float(value), "f" if single else "", single)
+
+
+def real_text(value: float) -> str:
+    """A real number for a C comment: the shortest decimal that round-trips as float32."""
+    value = float(value)
+    if not math.isfinite(value):
+        return str(value)
+    return np.format_float_scientific(np.float32(value), unique=True, exp_digits=2)
+
+
+def designated(fields: Sequence[tuple[str, str]], indent: int = CONTINUATION_INDENT) -> str:
+    """The lines of a designated initializer ``{.a = x, ...}`` between ``= {`` and ``};``: one
+    field per line with a trailing comma, a layout clang-format keeps as it is."""
+    return "\n".join(f"{' ' * indent}.{name} = {value}," for name, value in fields)
+
+
+def value_items(array: np.ndarray) -> list[str]:
+    """The C literals of ``array``'s elements (flattened)."""
     flat = array.reshape(-1)
     if array.dtype == np.float32:
-        items = [_float_literal(float(v), "f", True) for v in flat]
-    elif array.dtype == np.float64:
-        items = [_float_literal(float(v), "", False) for v in flat]
-    elif array.dtype == np.bool_:
-        items = [str(int(v)) for v in flat]
-    elif np.issubdtype(array.dtype, np.integer):
+        return [_float_literal(float(v), "f", True) for v in flat]
+    if array.dtype == np.float64:
+        return [_float_literal(float(v), "", False) for v in flat]
+    if array.dtype == np.bool_:
+        return [str(int(v)) for v in flat]
+    if np.issubdtype(array.dtype, np.integer):
         if array.dtype == np.int64:
-            items = [f"INT64_C({int(v)})" for v in flat]
-        else:
-            items = [str(int(v)) for v in flat]
-    else:
-        raise ValueError(f"cannot print constant of dtype {array.dtype} as C")
-    lines = [indent + ", ".join(items[i : i + per_line]) for i in range(0, len(items), per_line)]
-    return ",\n".join(lines)
+            return [f"INT64_C({int(v)})" for v in flat]
+        return [str(int(v)) for v in flat]
+    raise ValueError(f"cannot print constant of dtype {array.dtype} as C")
+
+
+def braced_items(items: Sequence[str], indent: int = CONTINUATION_INDENT) -> str:
+    """The lines between ``= {`` and ``};`` of an initializer with a trailing comma, laid out as
+    clang-format lays it out, so the check of ``tests/test_clang_format.py`` holds.
+
+    clang-format (``CommaSeparatedList``) puts up to four items one per line, and five or more
+    in columns: every column count whose columns (each as wide as its widest item, one space
+    apart) fit the limit and differ by at most 10 characters within a column is a candidate;
+    the fewest columns that still give the minimal number of lines win.
+    """
+    cells = [f"{item}," for item in items]
+    pad = " " * indent
+    if len(cells) < 5:
+        return "\n".join(pad + c for c in cells)
+    lengths = [len(c) for c in cells]
+    candidates = []
+    for columns in range(1, COLUMN_LIMIT // 3 + 1):
+        if len(cells) < columns:
+            break
+        widths, narrowest = [0] * columns, [COLUMN_LIMIT] * columns
+        for k, length in enumerate(lengths):
+            widths[k % columns] = max(widths[k % columns], length)
+            narrowest[k % columns] = min(narrowest[k % columns], length)
+        if any(widths[c] - narrowest[c] > 10 for c in range(columns - 1)):
+            continue
+        total = sum(widths) + columns - 1
+        if total > COLUMN_LIMIT and columns > 1:
+            continue
+        candidates.append((columns, total, -(-len(cells) // columns), widths))
+    chosen = None
+    for columns, total, rows, widths in reversed(candidates):
+        if total <= COLUMN_LIMIT - indent or columns == 1:
+            if chosen is not None and rows > chosen[2]:
+                break
+            chosen = (columns, total, rows, widths)
+    assert chosen is not None  # one column always qualifies
+    columns, _, _, widths = chosen
+    lines = []
+    for start in range(0, len(cells), columns):
+        row = cells[start:start + columns]
+        text = "".join(c.ljust(widths[i] + 1) for i, c in enumerate(row[:-1])) + row[-1]
+        lines.append(pad + text)
+    return "\n".join(lines)
+
+
+def format_values(array: np.ndarray, indent: int = CONTINUATION_INDENT) -> str:
+    """C initializer lines of ``array`` (flattened), clang-format's column layout."""
+    return braced_items(value_items(array), indent)
+
+
+def c_comment(text: str, indent: int = 0) -> str:
+    """``/* text */`` on one line when it fits, else a block of `` * `` lines (no newline at
+    the end)."""
+    pad = " " * indent
+    text = text.replace("*/", "* /")
+    if len(pad) + len(text) + 6 <= COLUMN_LIMIT:
+        return f"{pad}/* {text} */"
+    wrapped = textwrap.wrap(text, COLUMN_LIMIT - indent - 3, break_long_words=False,
+                            break_on_hyphens=False)
+    return "\n".join([f"{pad}/*", *(f"{pad} * {w}" for w in wrapped), f"{pad} */"])
+
+
+def _pack(items: Sequence[str], column: int, first_column: int) -> tuple[list[str], int]:
+    """Greedy bin-packing of ``items`` (each ending with its separator) into lines starting at
+    ``first_column`` then ``column``: (lines, characters past the column limit). An item too
+    long for any line gets a line of its own, past the limit, as clang-format leaves it."""
+    lines: list[str] = []
+    current, start, excess = "", first_column, 0
+    for item in items:
+        if current and start + len(current) + 1 + len(item) <= COLUMN_LIMIT:
+            current += " " + item
+            continue
+        if current:
+            excess += max(0, start + len(current) - COLUMN_LIMIT)
+            lines.append(current)
+            start = column
+        current = item
+    excess += max(0, start + len(current) - COLUMN_LIMIT)
+    lines.append(current)
+    return lines, excess
+
+
+_EXCESS_PENALTY = 1_000_000
+"""clang-format's ``PenaltyExcessCharacter``: a character past the limit outweighs any break."""
+
+
+def format_call(head: str, args: Sequence[str], tail: str = ";", indent: int = 0,
+                assign: str = "", open_: str = "(", close: str = ")", sep: str = ",",
+                declaration: bool = False) -> str:
+    """``[assign ]head(arg, ...)tail`` broken as clang-format breaks it (Google style, column
+    limit 100): one line if it fits, else the cheapest of three layouts by clang-format's
+    penalties (a break inside the parentheses costs about 20; after ``=`` 2; after the opening
+    parenthesis 1 more in a call, 100 more in a ``declaration``; a character past the limit a
+    million): arguments bin-packed aligned after the parenthesis; for an ``assign``-ment, the
+    call on the next line (+4), bin-packed aligned; bin-packed on lines indented +4 after a
+    break behind the parenthesis.
+
+    ``open_``/``close`` ``{``/``}`` print a braced initializer (clang-format aligns it the same
+    way but never breaks after its ``=``); ``sep`` `` ||`` an ``if`` condition. An argument
+    longer than a whole line (a TVM function named after many fused ops) is left past the
+    limit; clang-format would break inside it, which this does not imitate.
+    """
+    pad = " " * indent
+    lhs = f"{assign} " if assign else ""
+    joined = f"{sep} ".join(args)
+    one = f"{pad}{lhs}{head}{open_}{joined}{close}{tail}"
+    if len(one) <= COLUMN_LIMIT or not args:
+        return one
+    items = [f"{a}{sep}" for a in args[:-1]] + [f"{args[-1]}{close}{tail}"]
+    start = f"{pad}{lhs}{head}{open_}"
+    layouts: list[tuple[int, str]] = []
+    aligned, excess = _pack(items, len(start), len(start))
+    text = ("\n" + " " * len(start)).join([start + aligned[0], *aligned[1:]])
+    layouts.append((_EXCESS_PENALTY * excess + 20 * (len(aligned) - 1), text))
+    if assign and open_ == "(":
+        inner = " " * (indent + CONTINUATION_INDENT)
+        column = len(inner) + len(head) + len(open_)
+        after, excess = _pack(items, column, column)
+        lines = [inner + head + open_ + after[0], *after[1:]]
+        layouts.append((_EXCESS_PENALTY * excess + 2 + 20 * (len(after) - 1),
+                        f"{pad}{assign}\n" + ("\n" + " " * column).join(lines)))
+    inner_column = indent + CONTINUATION_INDENT
+    broken, excess = _pack(items, inner_column, inner_column)
+    excess += max(0, len(start) - COLUMN_LIMIT)
+    text = f"{start}\n" + "\n".join(" " * inner_column + line for line in broken)
+    layouts.append((_EXCESS_PENALTY * excess + (100 if declaration else 1) + 20 * len(broken),
+                    text))
+    return min(layouts, key=lambda layout: layout[0])[1]
+
+
+def format_signature(head: str, params: Sequence[str], tail: str = ";") -> str:
+    """A function declaration or definition line (``tail`` ``" {"``), broken as clang-format
+    breaks it: :func:`format_call` with declaration penalties."""
+    return format_call(head, params, tail, declaration=True)
+
+
+def c_define(name: str, value: str) -> str:
+    """``#define name value``, continued on the next line (+2) when too long, as clang-format
+    breaks a long macro."""
+    one = f"#define {name} {value}"
+    return one if len(one) <= COLUMN_LIMIT else f"#define {name} \\\n  {value}"
+
+
+def c_declaration(type_: str, rest: str) -> str:
+    """``type rest`` on one line, or broken after the type (+4) when too long, as clang-format
+    breaks a long declaration."""
+    one = f"{type_} {rest}"
+    return one if len(one) <= COLUMN_LIMIT else f"{type_}\n{' ' * CONTINUATION_INDENT}{rest}"
 
 
 def warn_non_finite(name: str, array: np.ndarray) -> None:
@@ -108,11 +280,10 @@ def warn_non_finite(name: str, array: np.ndarray) -> None:
 
 
 def const_array(name: str, array: np.ndarray, alignment: int, comment: str = "") -> str:
-    """A ``static const`` aligned array definition holding ``array``."""
+    """A ``static const`` aligned array definition holding ``array``, clang-format clean."""
     ctype = _DTYPES[str(array.dtype) if array.dtype != np.bool_ else "bool"][0]
-    head = f"/* {comment} */\n" if comment else ""
+    head = f"{c_comment(comment)}\n" if comment else ""
     count = max(array.size, 1)
-    body = format_values(array) if array.size else "  0"
-    return (
-        f"{head}static const {ctype} {name}[{count}] TT_ALIGNED({alignment}) = {{\n{body}\n}};\n"
-    )
+    body = format_values(array) if array.size else braced_items(["0"])
+    decl = c_declaration(f"static const {ctype}", f"{name}[{count}] TT_ALIGNED({alignment}) = {{")
+    return f"{head}{decl}\n{body}\n}};\n"

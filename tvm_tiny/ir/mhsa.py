@@ -1,11 +1,12 @@
-"""Weights of one MHSA layer: shapes, kernel layouts, FWSA fusion and a numpy reference.
+"""Weights of one MHSA layer: shapes, kernel layouts and FWSA fusion.
 
 The C kernel ``tt_mhsa_f32`` (``kernels/mhsa/tt_mhsa_f32.c``) reads its weights
 in layouts chosen so that every inner loop is a contiguous dot product; this
 module produces those layouts offline from ONNX-style matrices (``x @ W + b``),
 fuses Q and K for fused-weight self-attention (FWSA), and mirrors the kernel's
 scratch formula so the planner and the C code agree on memory. It imports no
-TVM so the kernel tests and the code generator can share it.
+TVM so the kernel tests and the code generator can share it. The numpy reference
+the kernel is tested against is ``tvm_tiny.reference.mhsa_f32``.
 
 Notation: S sequence, E embedding, H heads, P projection per head, E_out
 output features (see ``kernels/include/tt_mhsa.h``).
@@ -34,7 +35,6 @@ __all__ = [
     "SPARSE_FIELDS",
     "arrange_f32",
     "is_pruned",
-    "reference_mhsa_f32",
     "scratch_bytes",
     "sparse_matrices",
     "stored_arrays_f32",
@@ -323,41 +323,3 @@ def stored_params_bytes(arrays: dict[str, np.ndarray],
     of its row-compressed matrices."""
     dense = sum(int(a.nbytes) for a in arrays.values())
     return dense + sum(m.stored_bytes for m in (compressed or {}).values())
-
-
-def reference_mhsa_f32(x: np.ndarray, weights: MhsaWeights, heads: int) -> np.ndarray:
-    """Layer-wise float64 MHSA, the plain formula the kernel is tested against.
-
-    ``x`` is [S, E] or [B, S, E]; returns float64 [S, E_out] or [B, S, E_out].
-    Computed unfused and in float64 so neither FWSA nor float32 rounding in
-    the kernel can hide in the reference.
-    """
-    xf = np.asarray(x, dtype=np.float64)
-    if xf.ndim == 2:
-        return reference_mhsa_f32(xf[None], weights, heads)[0]
-    if xf.ndim != 3:
-        raise ValueError(f"x must be [S, E] or [B, S, E], got shape {xf.shape}")
-    batch, seq, embed = xf.shape
-    shape = weights.shape_for(seq=seq, heads=heads)
-    if embed != shape.embed:
-        raise ValueError(f"x has E = {embed}, weights expect E = {shape.embed}")
-    p = shape.proj
-
-    def project(w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
-        y = xf @ w.astype(np.float64)
-        if b is not None:
-            y = y + b.astype(np.float64)
-        return y.reshape(batch, seq, heads, p).transpose(0, 2, 1, 3)  # [B, H, S, P]
-
-    q = project(weights.wq, weights.bq)
-    k = project(weights.wk, weights.bk)
-    v = project(weights.wv, weights.bv)
-    scores = weights.scale * (q @ k.transpose(0, 1, 3, 2))  # [B, H, S, S]
-    scores = scores - scores.max(axis=-1, keepdims=True)
-    attn = np.exp(scores)
-    attn /= attn.sum(axis=-1, keepdims=True)
-    ctx = (attn @ v).transpose(0, 2, 1, 3).reshape(batch, seq, heads * p)
-    y = ctx @ weights.wo.astype(np.float64)
-    if weights.bo is not None:
-        y = y + weights.bo.astype(np.float64)
-    return y

@@ -13,7 +13,14 @@ module turns it into
   microTVM's ``tvmgen_default_run``, plus ``..._run_with_arena`` for a caller-owned arena;
 * around every kernel call ``TT_STEP_BEGIN(i)``/``TT_STEP_END(i)`` (``tvm_tiny/tt_profile.h``):
   nothing unless the firmware is built with ``TT_PROFILE_STEPS``, then calls of the marker
-  functions the emulator's instruction counter watches (one window per step).
+  functions the emulator's instruction counter watches (one window per step);
+* for a board engineer: the provenance header (``ir/provenance.py``), the arena plan as a table
+  with one ``<PREFIX>_BUF<k>_OFFSET``/``_BYTES`` macro pair per buffer (the code uses the macros,
+  never bare offsets), each constant's ONNX initializer name where it is recoverable, and
+  clang-format's layout (``ir/cformat.py``);
+* the model's runtime state in one static ``tt_context`` of its own (TIR workspace, last error)
+  and the TVM backend functions its TIR source calls, renamed to ``<prefix>_TVMBackend...``, so
+  any number of models link into one firmware without sharing mutable state.
 """
 
 from __future__ import annotations
@@ -24,10 +31,21 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from tvm_tiny.ir.cformat import c_identifier, c_type, const_array, dl_type
+from tvm_tiny.ir.cformat import (
+    COLUMN_LIMIT,
+    c_comment,
+    c_declaration,
+    c_identifier,
+    c_type,
+    const_array,
+    dl_type,
+    format_call,
+    format_signature,
+)
 from tvm_tiny.ir.errors import LoweringError, MemoryPlanError
+from tvm_tiny.ir.provenance import UNKNOWN, Provenance, c_block_comment
 from tvm_tiny.ir.relax_compat import constant_value, is_constant, shape_expr_values, static_shape
-from tvm_tiny.lower.memory import DEFAULT_ALIGNMENT, PlannerKind, align_up, make_planner
+from tvm_tiny.lower.memory import DEFAULT_ALIGNMENT, PlannerKind, make_planner
 
 MAX_PACKED_ARGS = 32  # mirrors TT_MAX_PACKED_ARGS in runtime_c/include/tvm_tiny/tt_runtime.h
 # Generated offsets, scratch sizes and kernel arguments are 32-bit (as are MCU address spaces).
@@ -210,6 +228,11 @@ class _MainWalker:
         raise LoweringError(f"packed function '{symbol}' has no implementation in tvm_tiny")
 
 
+def _status_text(kind: str) -> str:
+    """How the error message of a failed step names its kernel."""
+    return "TIR kernel" if kind == "tir" else "offloaded kernel"
+
+
 def _result_vars(result: relax.Expr) -> list[relax.Expr]:
     if isinstance(result, relax.Tuple):
         return list(result.fields)
@@ -219,9 +242,12 @@ def _result_vars(result: relax.Expr) -> list[relax.Expr]:
 class AotEmitter:
     """Plan and print the entry point of one model. Use :func:`emit_aot`."""
 
-    def __init__(self, model: str, walker: _MainWalker, alignment: int) -> None:
+    def __init__(self, model: str, walker: _MainWalker, alignment: int,
+                 provenance: Provenance = UNKNOWN) -> None:
         self.model = model
         self.prefix = f"tvmtiny_{model}"
+        self.upper = self.prefix.upper()
+        self.provenance = provenance
         self.w = walker
         self.alignment = alignment
         self.outputs: list[TensorSpec] = []
@@ -285,7 +311,13 @@ class AotEmitter:
         return storage_buffer, scratch_buffer, planner
 
     # -- printing ------------------------------------------------------------------------------
-    def _data_expr(self, ref: TensorRef, storage_buffer: list[int], offsets: list[int]) -> str:
+    def _offset_macro(self, buffer: int) -> str:
+        return f"{self.upper}_BUF{buffer}_OFFSET"
+
+    def _bytes_macro(self, buffer: int) -> str:
+        return f"{self.upper}_BUF{buffer}_BYTES"
+
+    def _data_expr(self, ref: TensorRef, storage_buffer: list[int]) -> str:
         if ref.kind == "input":
             return f"(void *)(uintptr_t)inputs->{self.w.inputs[ref.index].name}"
         if ref.kind == "const":
@@ -293,7 +325,10 @@ class AotEmitter:
         if ref.index in self.output_storage:
             out = self.outputs[self.output_storage[ref.index]].name
             return f"(void *)((uint8_t *)outputs->{out} + {ref.byte_offset})"
-        return f"(void *)(arena + {offsets[storage_buffer[ref.index]] + ref.byte_offset})"
+        at = self._offset_macro(storage_buffer[ref.index])
+        if ref.byte_offset:
+            at += f" + {ref.byte_offset}"
+        return f"(void *)(arena + {at})"
 
     def _check_32bit(self) -> None:
         """Refuse tensors or scratch that 32-bit offsets cannot address, naming them."""
@@ -334,7 +369,6 @@ class AotEmitter:
             )
         if arena_limit is not None:
             arena_bytes = arena_limit
-        upper = self.prefix.upper()
         shapes: dict[tuple[int, ...], str] = {}
 
         def shape_name(shape: tuple[int, ...]) -> str:
@@ -344,32 +378,48 @@ class AotEmitter:
 
         body: list[str] = []
         for i, step in enumerate(self.w.steps):
-            body.append(self._emit_step(i, step, storage_buffer, scratch_buffer[i], offsets,
-                                        shape_name))
-        body.extend(self._emit_output_copies(storage_buffer, offsets))
+            body.append(self._emit_step(i, step, storage_buffer, scratch_buffer[i], shape_name))
+        body.extend(self._emit_output_copies(storage_buffer))
 
         consts = []
         params_bytes = 0
         for i, (_, value) in enumerate(self.w.constants):
             params_bytes += value.nbytes
+            origin = self.provenance.describe_constant(value)
             consts.append(const_array(f"{self.prefix}_const_{i}", value, self.alignment,
-                                      f"constant {i}: {value.dtype}{list(value.shape)}"))
+                                      f"constant {i}: {value.dtype}{list(value.shape)}, "
+                                      f"{origin}"))
         shape_defs = [
-            f"static const int64_t {name}[{max(len(s), 1)}] = {{"
-            f"{', '.join(f'INT64_C({d})' for d in s) or 'INT64_C(0)'}}};"
+            format_call(f"static const int64_t {name}[{max(len(s), 1)}] = ",
+                        [f"INT64_C({d})" for d in s] or ["INT64_C(0)"], open_="{", close="}")
             for s, name in shapes.items()
         ]
-        externs = sorted({s.c_function for s in self.w.steps if s.kind == "extern"})
-        tirs = sorted({s.c_function for s in self.w.steps if s.kind == "tir"})
-        decls = [f"int32_t {fn}(const void *const *args, void *const *outs, uint8_t *scratch, "
-                 f"int32_t scratch_bytes);" for fn in externs]
-        decls += [f"int32_t {fn}(void *self, void *args, int32_t num_args, void *result);"
-                  for fn in tirs]
         model_c = _MODEL_C.format(
-            model=self.model, prefix=self.prefix, upper=upper,
-            decls="\n".join(decls), consts="\n".join(consts), shapes="\n".join(shape_defs),
-            body="\n".join(body), alignment=self.alignment, arena_bytes=arena_bytes,
-            io_check=self._emit_io_check(),
+            header=self.provenance.c_comment(
+                f"tvm_tiny model '{self.model}': AOT entry point, constants, arena plan and "
+                "runtime state.",
+                ["Every kernel call below is one step; the arena plan says which bytes of the "
+                 "arena each step uses."]),
+            prefix=self.prefix, upper=self.upper, decls=self._emit_decls(),
+            plan=self._emit_plan(planner, offsets, storage_buffer, arena_bytes),
+            data="".join(f"{part}\n" for part in ("\n".join(consts), "\n".join(shape_defs))
+                         if part),
+            backend=self._emit_backend(), body="\n".join(body), alignment=self.alignment,
+            arena_bytes=arena_bytes, io_check=self._emit_io_check(),
+            run_with_arena=format_signature(
+                f"int32_t {self.prefix}_run_with_arena",
+                [f"const struct {self.prefix}_inputs *inputs",
+                 f"struct {self.prefix}_outputs *outputs", "uint8_t *arena",
+                 "size_t arena_bytes"], " {"),
+            run=format_signature(f"int32_t {self.prefix}_run",
+                            [f"const struct {self.prefix}_inputs *inputs",
+                             f"struct {self.prefix}_outputs *outputs"], " {"),
+            run_call=format_call(f"return {self.prefix}_run_with_arena",
+                                 ["inputs", "outputs", f"{self.prefix}_arena",
+                                  f"sizeof({self.prefix}_arena)"], indent=2),
+            arena_decl=c_declaration(
+                "static uint8_t",
+                f"{self.prefix}_arena[{self.upper}_ARENA_BYTES] TT_ALIGNED({self.alignment});"),
         )
         model_h = self._emit_header(arena_bytes, params_bytes)
         buffers = [
@@ -380,122 +430,232 @@ class AotEmitter:
         return AotResult(model_c, model_h, self.w.inputs, self.outputs, arena_bytes, linear,
                          params_bytes, self.w.steps, buffers, planner.usage_by_step())
 
+    def _emit_decls(self) -> str:
+        externs = sorted({s.c_function for s in self.w.steps if s.kind == "extern"})
+        tirs = sorted({s.c_function for s in self.w.steps if s.kind == "tir"})
+        decls = [format_signature(f"int32_t {fn}", ["const void *const *args", "void *const *outs",
+                                               "uint8_t *scratch", "int32_t scratch_bytes"])
+                 for fn in externs]
+        decls += [format_signature(f"int32_t {fn}", ["void *self", "void *args", "int32_t num_args",
+                                                "void *result"]) for fn in tirs]
+        return "\n".join(decls)
+
+    def _holds(self, storage: int) -> str:
+        """What a storage holds, for the plan table: its tensors' types (first three)."""
+        seen: list[str] = []
+        for ref in self.w.tensors.values():
+            if ref.kind == "storage" and ref.index == storage:
+                text = f"{ref.dtype}{list(ref.shape)}".replace(" ", "")
+                if text not in seen:
+                    seen.append(text)
+        return ", ".join(seen[:3]) + (", ..." if len(seen) > 3 else "")
+
+    def _emit_plan(self, planner: object, offsets: list[int], storage_buffer: list[int],
+                   arena_bytes: int) -> str:
+        """The arena plan as a table (as TFLite Micro's PrintMemoryPlan lists it) and the offset
+        and size macros the entry point uses."""
+        holds = {buf: self._holds(storage) for storage, buf in enumerate(storage_buffer)
+                 if buf >= 0}
+        rows = [("buffer", "offset", "bytes", "first", "last", "holds")]
+        for k, (b, off) in enumerate(zip(planner.buffers, offsets)):
+            what = holds.get(k, "TIR workspace" if b.name.endswith(".workspace") else "scratch")
+            rows.append((f"BUF{k} {b.name}", str(off), str(b.size), str(b.first_use),
+                         str(b.last_use), what))
+        widths = [max(len(r[c]) for r in rows) for c in range(5)]
+        table = ["  ".join(r[c].ljust(widths[c]) if c == 0 else r[c].rjust(widths[c])
+                           for c in range(5)) + "  " + r[5] for r in rows]
+        lines = [f"Arena plan: {arena_bytes} bytes ({self.upper}_ARENA_BYTES), greedy by size, "
+                 f"every buffer aligned to {self.alignment} bytes. A buffer is live from its "
+                 "first to its last step (kernel call, numbered from 0); buffers whose "
+                 "lifetimes do not overlap share bytes.", ""]
+        width = COLUMN_LIMIT - 3  # " * " of the comment
+        lines += [row.rstrip() if len(row) <= width else row[:width - 3].rstrip() + "..."
+                  for row in table]
+        bound = [f"storage{s} -> outputs->{self.outputs[o].name}"
+                 for s, o in sorted(self.output_storage.items())]
+        if bound:
+            lines += ["", "Written straight into the caller's output buffer (not in the arena): "
+                      + ", ".join(bound) + "."]
+        macros = []
+        for k, off in enumerate(offsets):
+            macros.append(f"#define {self._offset_macro(k)} {off}u")
+            macros.append(f"#define {self._bytes_macro(k)} {planner.buffers[k].size}u")
+        return c_block_comment(lines) + "\n".join(macros)
+
+    def _emit_backend(self) -> str:
+        """The TVM backend functions of this model (renamed in its TIR source, see
+        ``relax_to_c.BACKEND_FUNCTIONS``), each using this model's context."""
+        if not any(s.kind == "tir" for s in self.w.steps):
+            return ""
+        comment = c_block_comment([
+            "TVM's TIR kernels call these TVM backend functions, which take no context "
+            f"argument. This model's TIR source renames them to the {self.prefix}_ ones below (a "
+            "#define before TVM's headers), so they use this model's context and never another "
+            "model's."])
+        return _BACKEND_C.format(prefix=self.prefix, comment=comment, **{
+            name: format_signature(f"{ret}{'' if ret.endswith('*') else ' '}{self.prefix}_{name}",
+                              params, " {")
+            for name, (ret, params) in _BACKEND_SIGNATURES.items()})
+
     def _emit_step(self, i: int, step: Step, storage_buffer: list[int], scratch: int,
-                   offsets: list[int], shape_name: object) -> str:
-        lines = [f"  /* step {i}: {step.name} */", f"  TT_STEP_BEGIN({i});", "  {"]
+                   shape_name: object) -> str:
+        lines = [c_comment(f"step {i}: {step.name}", 2), f"  TT_STEP_BEGIN({i});", "  {"]
         if step.kind == "tir":
             if len(step.args) > MAX_PACKED_ARGS:
                 raise LoweringError(f"{step.name} takes {len(step.args)} tensors; the runtime "
                                     f"passes at most {MAX_PACKED_ARGS}")
             for j, ref in enumerate(step.args):
                 code, bits = dl_type(ref.dtype)
-                data = self._data_expr(ref, storage_buffer, offsets)
-                lines.append(
-                    f"    DLTensor t{j} = tt_make_tensor({data}, "
-                    f"{len(ref.shape)}, {shape_name(ref.shape)}, {code}, {bits});"
-                )
-            ptrs = ", ".join(f"&t{j}" for j in range(len(step.args)))
-            lines.append(f"    DLTensor *const args[{len(step.args)}] = {{{ptrs}}};")
+                data = self._data_expr(ref, storage_buffer)
+                lines.append(format_call("tt_make_tensor", [
+                    data, str(len(ref.shape)), shape_name(ref.shape), code, str(bits)],
+                    indent=4, assign=f"DLTensor t{j} ="))
+            ptrs = [f"&t{j}" for j in range(len(step.args))]
+            lines.append(format_call(f"DLTensor *const args[{len(step.args)}] = ", ptrs,
+                                     indent=4, open_="{", close="}"))
             if scratch >= 0:
-                lines.append(f"    tt_workspace_bind(arena + {offsets[scratch]}, "
-                             f"{step.scratch_bytes});")
+                lines.append(format_call("tt_workspace_bind", [
+                    "ctx", f"arena + {self._offset_macro(scratch)}", self._bytes_macro(scratch)],
+                    indent=4))
             else:
-                lines.append("    tt_workspace_unbind();")
-            lines.append(f"    rc = tt_call_packed({step.c_function}, \"{step.name}\", args, "
-                         f"{len(step.args)});")
+                lines.append("    tt_workspace_unbind(ctx);")
+            lines.append(format_call("tt_call_packed", [
+                step.c_function, "args", str(len(step.args))], indent=4, assign="rc ="))
+            lines.append("    if (rc != 0) {")
+            lines.append(format_call("tt_set_error", [
+                "ctx", f'"{_status_text(step.kind)} failed: {step.name}"'], indent=6))
+            lines.append("    }")
         else:
             *ins, out = step.args
-            in_exprs = ", ".join(self._data_expr(r, storage_buffer, offsets) for r in ins)
-            lines.append(f"    const void *const in[{len(ins)}] = {{{in_exprs}}};")
-            out_expr = self._data_expr(out, storage_buffer, offsets)
-            lines.append(f"    void *const out[1] = {{{out_expr}}};")
-            scratch_expr = f"arena + {offsets[scratch]}" if scratch >= 0 else "NULL"
-            lines.append(f"    rc = {step.c_function}(in, out, {scratch_expr}, "
-                         f"{step.scratch_bytes});")
-            lines.append(
-                f"    if (rc != 0) tt_set_error(\"offloaded kernel failed: {step.name}\");")
+            lines.append(format_call(f"const void *const in[{len(ins)}] = ",
+                                     [self._data_expr(r, storage_buffer) for r in ins],
+                                     indent=4, open_="{", close="}"))
+            lines.append(format_call("void *const out[1] = ",
+                                     [self._data_expr(out, storage_buffer)], indent=4,
+                                     open_="{", close="}"))
+            if scratch >= 0:
+                scratch_args = [f"arena + {self._offset_macro(scratch)}",
+                                self._bytes_macro(scratch)]
+            else:
+                scratch_args = ["NULL", "0"]
+            lines.append(format_call(step.c_function, ["in", "out", *scratch_args], indent=4,
+                                     assign="rc ="))
+            lines.append("    if (rc != 0) {")
+            lines.append(format_call("tt_set_error", [
+                "ctx", f'"{_status_text(step.kind)} failed: {step.name}"'], indent=6))
+            lines.append("    }")
         lines.append("  }")
         lines.append(f"  TT_STEP_END({i});")
         lines.append("  if (rc != 0) return rc;")
         return "\n".join(lines)
 
-    def _emit_output_copies(self, storage_buffer: list[int], offsets: list[int]) -> list[str]:
+    def _emit_output_copies(self, storage_buffer: list[int]) -> list[str]:
         lines = []
         for i, expr in enumerate(_result_vars(self.w.result)):
             ref = self.w.tensors[expr]
             if self.output_storage.get(ref.index) == i:
                 continue
-            src = self._data_expr(ref, storage_buffer, offsets)
-            lines.append(f"  memcpy(outputs->{self.outputs[i].name}, {src}, {ref.nbytes});")
+            src = self._data_expr(ref, storage_buffer)
+            name = self.outputs[i].name
+            lines.append(format_call("memcpy", [f"outputs->{name}", src,
+                                                f"{self.upper}_{name.upper()}_SIZE"], indent=2))
         return lines
 
     def _emit_io_check(self) -> str:
-        names = [f"inputs->{t.name}" for t in self.w.inputs]
+        names = ["inputs", "outputs"] + [f"inputs->{t.name}" for t in self.w.inputs]
         names += [f"outputs->{t.name}" for t in self.outputs]
-        cond = " || ".join(f"{n} == NULL" for n in names)
-        return (f"  if (inputs == NULL || outputs == NULL || {cond}) "
-                "return TT_RUNTIME_NULL_ARGUMENT;")
+        cond = format_call("if ", [f"{n} == NULL" for n in names], " {", indent=2, sep=" ||")
+        return f"{cond}\n    return TT_RUNTIME_NULL_ARGUMENT;\n  }}"
 
     def _emit_header(self, arena_bytes: int, params_bytes: int) -> str:
-        upper = self.prefix.upper()
         size_macros, in_fields, out_fields = [], [], []
         for t in self.w.inputs:
-            size_macros.append(f"#define {upper}_{t.name.upper()}_SIZE {t.nbytes} "
-                               f"/* {t.dtype}{list(t.shape)} */")
-            in_fields.append(
-                f"  const {c_type(t.dtype)} *{t.name}; /* {t.dtype}{list(t.shape)} */")
+            size_macros.append(f"/** Input '{t.name}': {t.dtype}{list(t.shape)}. */\n"
+                               f"#define {self.upper}_{t.name.upper()}_SIZE {t.nbytes}")
+            in_fields.append(f"  /** {t.dtype}{list(t.shape)} */\n"
+                             f"  const {c_type(t.dtype)} *{t.name};")
         for t in self.outputs:
-            size_macros.append(f"#define {upper}_{t.name.upper()}_SIZE {t.nbytes} "
-                               f"/* {t.dtype}{list(t.shape)} */")
-            out_fields.append(f"  {c_type(t.dtype)} *{t.name}; /* {t.dtype}{list(t.shape)} */")
+            size_macros.append(f"/** Output '{t.name}': {t.dtype}{list(t.shape)}. */\n"
+                               f"#define {self.upper}_{t.name.upper()}_SIZE {t.nbytes}")
+            out_fields.append(f"  /** {t.dtype}{list(t.shape)} */\n"
+                              f"  {c_type(t.dtype)} *{t.name};")
         return _MODEL_H.format(
-            model=self.model, prefix=self.prefix, upper=upper, arena=arena_bytes,
+            header=self.provenance.c_comment(
+                f"tvm_tiny model '{self.model}': AOT entry point.",
+                [f"All working memory lives in one arena of {self.upper}_ARENA_BYTES bytes; no "
+                 "heap is used. The model's runtime state (TIR workspace, last error) is one "
+                 "static context of its own, so several models can share a firmware; one model "
+                 "runs one call at a time."]),
+            prefix=self.prefix, upper=self.upper, arena=arena_bytes,
             params=params_bytes, alignment=self.alignment, sizes="\n".join(size_macros),
             in_fields="\n".join(in_fields), out_fields="\n".join(out_fields),
+            run=format_signature(f"int32_t {self.prefix}_run",
+                            [f"const struct {self.prefix}_inputs *inputs",
+                             f"struct {self.prefix}_outputs *outputs"]),
+            run_with_arena=format_signature(
+                f"int32_t {self.prefix}_run_with_arena",
+                [f"const struct {self.prefix}_inputs *inputs",
+                 f"struct {self.prefix}_outputs *outputs", "uint8_t *arena",
+                 "size_t arena_bytes"]),
+            arena_doc=c_comment(
+                f"Run the model in a caller-owned arena of at least {self.upper}_ARENA_BYTES "
+                f"bytes, aligned to {self.upper}_ARENA_ALIGNMENT. A smaller arena returns "
+                "TT_RUNTIME_ARENA_TOO_SMALL."),
         )
 
 
-def workspace_bytes_by_function(tir_c_source: str, tir_symbols: dict[str, str],
-                                alignment: int = DEFAULT_ALIGNMENT) -> dict[str, int]:
-    """Bytes of ``TVMBackendAllocWorkspace`` each PrimFunc may hold at once.
-
-    The sum of every allocation in the function body (each aligned as the runtime aligns it) is
-    an upper bound: TVM frees workspace LIFO and never allocates one buffer twice concurrently.
-    """
-    import re
-
-    result: dict[str, int] = {}
-    alloc = re.compile(r"TVMBackendAllocWorkspace\(\s*\d+\s*,\s*\w+\s*,\s*\(uint64_t\)(\d+)")
-    starts = [(m.start(), m.group(1)) for m in re.finditer(
-        r"int32_t __tvm_ffi_(\w+)\(void\* self_handle[^)]*\)\s*\{", tir_c_source)]
-    by_symbol = {sym: name for name, sym in tir_symbols.items()}
-    for k, (start, symbol) in enumerate(starts):
-        end = starts[k + 1][0] if k + 1 < len(starts) else len(tir_c_source)
-        sizes = [int(s) for s in alloc.findall(tir_c_source[start:end])]
-        if symbol in by_symbol:
-            result[by_symbol[symbol]] = sum(align_up(s, alignment) for s in sizes)
-    return result
-
-
 def emit_aot(lowered_main: relax.Function, model: str, externs: dict[str, ExternKernel],
-             tir_symbols: dict[str, str], tir_c_source: str, *,
-             alignment: int = DEFAULT_ALIGNMENT, arena_limit: int | None = None) -> AotResult:
+             tir_symbols: dict[str, str], workspace: dict[str, int], *,
+             alignment: int = DEFAULT_ALIGNMENT, arena_limit: int | None = None,
+             provenance: Provenance = UNKNOWN) -> AotResult:
     """Plan the arena and print the model's C entry point and header.
 
-    ``arena_limit`` fixes the arena size; a limit below the plan's need is refused with the
-    number of bytes missing.
+    ``workspace`` is the TVMBackendAllocWorkspace bytes of each PrimFunc
+    (``LoweredModel.workspace_bytes``, read from the TIR). ``arena_limit`` fixes the arena
+    size; a limit below the plan's need is refused with the number of bytes missing.
+    ``provenance`` is stated in the header of both files and names the constants.
     """
-    workspace = workspace_bytes_by_function(tir_c_source, tir_symbols, alignment)
     walker = _MainWalker(lowered_main, externs, tir_symbols, workspace)
-    return AotEmitter(c_identifier(model), walker, alignment).emit(arena_limit)
+    return AotEmitter(c_identifier(model), walker, alignment, provenance).emit(arena_limit)
 
+
+# name -> (return type, parameters) of the TVM backend functions a model's TIR source calls
+_BACKEND_SIGNATURES = {
+    "TVMBackendAllocWorkspace": ("void *", ["int device_type", "int device_id", "uint64_t nbytes",
+                                            "int dtype_code_hint", "int dtype_bits_hint"]),
+    "TVMBackendFreeWorkspace": ("int", ["int device_type", "int device_id", "void *ptr"]),
+    "TVMFFIErrorSetRaisedFromCStr": ("void", ["const char *kind", "const char *message"]),
+    "TVMFFIErrorSetRaisedFromCStrParts": ("void", ["const char *kind",
+                                                   "const char **message_parts",
+                                                   "int32_t num_parts"]),
+}
+
+_BACKEND_C = """
+{comment}{TVMBackendAllocWorkspace}
+  (void)device_type;
+  (void)device_id;
+  (void)dtype_code_hint;
+  (void)dtype_bits_hint;
+  return tt_workspace_alloc(&{prefix}_context, nbytes);
+}}
+
+{TVMBackendFreeWorkspace}
+  (void)device_type;
+  (void)device_id;
+  return tt_workspace_free(&{prefix}_context, ptr);
+}}
+
+{TVMFFIErrorSetRaisedFromCStr}
+  tt_set_error_parts(&{prefix}_context, kind, &message, 1);
+}}
+
+{TVMFFIErrorSetRaisedFromCStrParts}
+  tt_set_error_parts(&{prefix}_context, kind, message_parts, num_parts);
+}}
+"""
 
 _MODEL_H = """\
-/*
- * tvm_tiny model '{model}': AOT entry point (generated; do not edit).
- * All working memory lives in one arena of {upper}_ARENA_BYTES bytes; no heap is used.
- */
-#ifndef {upper}_H_
+{header}#ifndef {upper}_H_
 #define {upper}_H_
 
 #include <stddef.h>
@@ -522,13 +682,13 @@ struct {prefix}_outputs {{
 }};
 
 /** Run the model with the built-in static arena. Returns 0 or a negative tt_runtime_status. */
-int32_t {prefix}_run(const struct {prefix}_inputs *inputs, struct {prefix}_outputs *outputs);
+{run}
 
-/** Run the model in a caller-owned arena of at least {upper}_ARENA_BYTES bytes, aligned to
- * {upper}_ARENA_ALIGNMENT. A smaller arena returns TT_RUNTIME_ARENA_TOO_SMALL. */
-int32_t {prefix}_run_with_arena(const struct {prefix}_inputs *inputs,
-                                struct {prefix}_outputs *outputs, uint8_t *arena,
-                                size_t arena_bytes);
+{arena_doc}
+{run_with_arena}
+
+/** The message of this model's last failed run, or "" when none failed. */
+const char *{prefix}_last_error(void);
 
 #ifdef __cplusplus
 }}
@@ -538,10 +698,7 @@ int32_t {prefix}_run_with_arena(const struct {prefix}_inputs *inputs,
 """
 
 _MODEL_C = """\
-/*
- * tvm_tiny model '{model}': AOT entry point, constants and static arena (generated).
- */
-#include <math.h>
+{header}#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -552,26 +709,31 @@ _MODEL_C = """\
 /* Kernels: offloaded (tvm_tiny codegen) and TIR (TVM's C codegen, packed ABI). */
 {decls}
 
-{consts}
-{shapes}
+{plan}
 
-static uint8_t {prefix}_arena[{upper}_ARENA_BYTES] TT_ALIGNED({alignment});
+{data}
+/* This model's runtime state: the TIR workspace bound for the current step, the last error. */
+static tt_context {prefix}_context;
+{arena_decl}
+{backend}
+const char *{prefix}_last_error(void) {{
+  return tt_last_error(&{prefix}_context);
+}}
 
-int32_t {prefix}_run_with_arena(const struct {prefix}_inputs *inputs,
-                                struct {prefix}_outputs *outputs, uint8_t *arena,
-                                size_t arena_bytes) {{
+{run_with_arena}
+  tt_context *const ctx = &{prefix}_context;
   int32_t rc = 0;
 {io_check}
   if (arena == NULL || arena_bytes < {upper}_ARENA_BYTES) {{
-    tt_set_error("arena smaller than {upper}_ARENA_BYTES ({arena_bytes} bytes)");
+    tt_set_error(ctx, "arena smaller than {upper}_ARENA_BYTES ({arena_bytes} bytes)");
     return TT_RUNTIME_ARENA_TOO_SMALL;
   }}
 {body}
-  tt_workspace_unbind();
+  tt_workspace_unbind(ctx);
   return rc;
 }}
 
-int32_t {prefix}_run(const struct {prefix}_inputs *inputs, struct {prefix}_outputs *outputs) {{
-  return {prefix}_run_with_arena(inputs, outputs, {prefix}_arena, sizeof({prefix}_arena));
+{run}
+{run_call}
 }}
 """

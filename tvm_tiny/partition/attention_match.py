@@ -4,9 +4,11 @@
 exact index tracing through layout operators (``layout_trace.py``), that it is a self-attention
 with constant projections: it recovers the per-head columns of the Q/K/V projections, the scale,
 the output projection's row order and, for QDQ (int8) graphs, the quantization parameters at each
-point and the int8 weights. Anything it cannot prove raises :class:`Rejected` with the reason
-(masked scores, cross-attention, shared weights, leaked intermediates, batch > 1, ...), and the
-attention stays with TVM.
+point and the int8 weights (read from the ``dequantize(int8 constant)`` that
+``qdq.FoldConstantExceptInt8Weights`` keeps in the IR). Anything it cannot prove raises
+:class:`Rejected` with the reason (masked scores, cross-attention, shared weights, leaked
+intermediates, batch > 1, ...), and the attention stays with TVM. Each proof is one function
+below, called in order by :func:`find_attention`.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import tvm
 from tvm import relax
 
 from tvm_tiny.ir.mhsa import MhsaShape, MhsaWeights
+from tvm_tiny.ir.quant import MhsaInt8Params, QParams, QWeight
 from tvm_tiny.ir.relax_compat import constant_value, is_constant, static_shape
-from tvm_tiny.partition.layout_trace import LayoutTracer, QuantPoint, Traced
-from tvm_tiny.partition.qdq import QuantizedConstants, QuantizedWeight
+from tvm_tiny.partition.layout_trace import LayoutTracer, QdqPair, Traced, per_tensor_qparams
+from tvm_tiny.partition.qdq import int8_matmul_weight, is_int8_weight, is_matrix_transpose
 
 # Index tracing holds one int64 per traced element; bound it (H·S² = 16M scores: 128 MiB).
 MAX_TRACED_ELEMENTS = 1 << 24
@@ -30,38 +33,14 @@ class Rejected(Exception):
     """An attention core that is not a self-attention we can offload (the message says why)."""
 
 
-@dataclass(frozen=True)
-class MhsaQuantization:
-    """A QDQ attention: per-tensor activation parameters at each point, int8 weights (in the
-    canonical head order of :class:`MhsaWeights`)."""
-
-    x: QuantPoint
-    q: QuantPoint
-    k: QuantPoint
-    v: QuantPoint
-    scores: QuantPoint  # softmax input (scaled scores)
-    probs: QuantPoint  # softmax output
-    ctx: QuantPoint  # attention context, heads concatenated
-    y: QuantPoint  # output projection
-    wq: QuantizedWeight
-    wk: QuantizedWeight
-    wv: QuantizedWeight
-    wo: QuantizedWeight
-    # Roundings the exported graph makes in between, replicated by the kernel: the projections'
-    # matmul outputs before the bias add, and Q·Kᵀ before the scale multiply (None: absent).
-    q_acc: QuantPoint | None = None
-    k_acc: QuantPoint | None = None
-    v_acc: QuantPoint | None = None
-    o_acc: QuantPoint | None = None
-    qk_acc: QuantPoint | None = None
-
-
 @dataclass
 class AttentionMatch:
     """A recognized self-attention: its input, weights, shape and the var it computes.
 
     For QDQ graphs ``x`` is the int8 input tensor, ``root`` the int8 output and ``quant`` holds
-    the quantization; ``weights`` are then the dequantized (float) weights.
+    the quantization (activation parameters at each point, int8 weights in the canonical head
+    order of :class:`MhsaWeights`, and the rounding points the exported graph makes in between);
+    ``weights`` are then the dequantized (float) weights.
     """
 
     x: relax.Expr
@@ -70,17 +49,19 @@ class AttentionMatch:
     root: relax.Var
     root_shape: tuple[int, ...]
     region: list[relax.Var]
-    quant: MhsaQuantization | None = None
+    quant: MhsaInt8Params | None = None
 
 
 @dataclass(frozen=True)
 class _Projection:
     data: relax.Expr
-    weight: np.ndarray  # [E, N]
+    weight: np.ndarray  # float32 [E, N], as ``x @ W`` reads it
     bias: np.ndarray | None  # [N]
-    consts: tuple[relax.Expr, ...]
+    consts: tuple[relax.Expr, ...]  # the float weight constant, for the sharing check
     vars: tuple[relax.Var, ...]
-    acc_point: QuantPoint | None = None  # QDQ: the matmul output's rounding before the bias
+    acc_point: QParams | None = None  # QDQ: the matmul output's rounding before the bias
+    int8: QWeight | None = None  # QDQ: the weight's int8 form, read from its ``dequantize``
+    weight_vars: tuple[relax.Var, ...] = ()  # QDQ: the weight's dequantize (and transpose) vars
 
 
 class _Uses:
@@ -119,6 +100,15 @@ class _Uses:
     def const_used_outside(self, const: relax.Expr, region: set[relax.Var]) -> bool:
         return any(c.same_as(const) and user not in region for c, user in self.const_users)
 
+    def weight_used_outside(self, consts: tuple[relax.Expr, ...],
+                            weight_vars: tuple[relax.Var, ...], region: set[relax.Var]) -> bool:
+        """Whether a weight (a float constant, or the vars dequantizing an int8 one) is read
+        outside ``region``: the kernel would copy it, and the rest of the graph still need it."""
+        inside = region | set(weight_vars)
+        return (any(self.const_used_outside(c, inside) for c in consts)
+                or any(user is None or user not in inside
+                       for var in weight_vars for user in self.users_of(var)))
+
 
 def _op_name(value: relax.Expr | None) -> str | None:
     if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
@@ -126,32 +116,64 @@ def _op_name(value: relax.Expr | None) -> str | None:
     return None
 
 
-def _consistent(points: list[QuantPoint], what: str) -> QuantPoint:
+def _consistent(pairs: list[QdqPair], what: str) -> QParams:
     """The one quantization of a tensor seen through several Q/DQ pairs (they must agree)."""
-    if not points:
+    if not pairs:
         raise Rejected(f"{what} is not quantized while the rest of the attention is")
-    for point in points[1:]:
-        if not point.same_params(points[0]):
+    for pair in pairs[1:]:
+        if pair.params != pairs[0].params:
             raise Rejected(f"{what} is re-quantized with different parameters along its layout")
-    return points[0]
+    return pairs[0].params
+
+
+def _int8(weight: QWeight | None, what: str) -> QWeight:
+    """The int8 form of a weight of a QDQ attention; Rejected when it has none."""
+    if weight is None:
+        raise Rejected(f"{what} weight is not a symmetric int8 DequantizeLinear constant")
+    return weight
+
+
+@dataclass(frozen=True)
+class _Weight:
+    """A matmul's weight operand: its float value as ``x @ W`` reads it, its int8 form (QDQ
+    graphs) and what the sharing check must look at."""
+
+    value: np.ndarray
+    int8: QWeight | None
+    consts: tuple[relax.Expr, ...]
+    vars: tuple[relax.Var, ...]
 
 
 class _Matcher:
     """State shared by the steps of one :func:`find_attention` call."""
 
-    def __init__(self, func: relax.Function, bindings: dict[relax.Var, relax.Expr],
-                 qconsts: QuantizedConstants | None) -> None:
+    def __init__(self, func: relax.Function, bindings: dict[relax.Var, relax.Expr]) -> None:
         self.bindings = bindings
         self.tracer = LayoutTracer(bindings)
         self.uses = _Uses(func)
-        self.qconsts = qconsts
 
-    def unwrap_qdq(self, expr: relax.Expr) -> tuple[relax.Expr, list[relax.Var], QuantPoint | None]:
+    def unwrap_qdq(self, expr: relax.Expr) -> tuple[relax.Expr, list[relax.Var], QParams | None]:
         """Step over one ``dequantize(quantize(t))`` pair (an intermediate rounding) if present."""
         pair = self.tracer.qdq_pair(self.tracer.producer(expr))
         if pair is None:
             return expr, [], None
-        return pair[0], [expr, pair[1].quantized], pair[1]
+        return pair[0], [expr, pair[1].quantized], pair[1].params
+
+    def weight(self, expr: relax.Expr) -> _Weight | None:
+        """``expr`` as a weight: a float constant, or (QDQ graphs, where
+        ``qdq.FoldConstantExceptInt8Weights`` keeps them) ``dequantize(int8 constant)``,
+        directly or transposed. None when it is neither."""
+        if is_constant(expr):
+            return _Weight(constant_value(expr), None, (expr,), ())
+        value, vars_ = self.tracer.producer(expr), [expr]
+        transposed = is_matrix_transpose(value)
+        if transposed:
+            vars_.append(value.args[0])
+            value = self.tracer.producer(value.args[0])
+        if not is_int8_weight(value):
+            return None
+        folded, int8 = int8_matmul_weight(value, transposed)
+        return _Weight(folded, int8, (), tuple(vars_))
 
     def projection(self, expr: relax.Expr) -> _Projection:
         """``add(matmul(data, W), b)`` / ``add(b, matmul(..))`` / ``matmul(data, W)``; in QDQ
@@ -171,25 +193,18 @@ class _Matcher:
         if _op_name(value) != "relax.matmul":
             raise Rejected("Q/K/V do not come from a matmul projection")
         data, weight_expr = value.args
-        if not is_constant(weight_expr):
+        weight = self.weight(weight_expr)
+        if weight is None:
             raise Rejected("projection weight is not a constant (bind parameters first)")
-        weight = constant_value(weight_expr)
-        if weight.ndim != 2:
-            raise Rejected(f"projection weight has rank {weight.ndim}, expected 2")
-        if bias is not None and bias.shape[0] != weight.shape[1]:
-            raise Rejected(f"projection bias has {bias.shape[0]} values for {weight.shape[1]} "
-                           "outputs")
+        if weight.value.ndim != 2:
+            raise Rejected(f"projection weight has rank {weight.value.ndim}, expected 2")
+        if bias is not None and bias.shape[0] != weight.value.shape[1]:
+            raise Rejected(f"projection bias has {bias.shape[0]} values for "
+                           f"{weight.value.shape[1]} outputs")
         # Only the weight matrix counts for the sharing check: exporters merge equal biases (e.g.
         # the zero biases of untrained torch layers) into one initializer, cheap to copy.
-        return _Projection(data, weight, bias, (weight_expr,), tuple(vars_), acc_point)
-
-    def int8_weight(self, weight: np.ndarray, what: str) -> QuantizedWeight:
-        if self.qconsts is None:
-            raise Rejected("int8 (QDQ) attention, and no int8 attention kernel is available")
-        found = self.qconsts.lookup(weight)
-        if found is None:
-            raise Rejected(f"{what} weight is not a symmetric int8 DequantizeLinear constant")
-        return found
+        return _Projection(data, weight.value, bias, weight.consts, tuple(vars_), acc_point,
+                           weight.int8, weight.vars)
 
 
 def _head_columns(index: np.ndarray, width: int, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -203,33 +218,93 @@ def _head_columns(index: np.ndarray, width: int, what: str) -> tuple[np.ndarray,
 
 
 def find_attention(func: relax.Function, bindings: dict[relax.Var, relax.Expr],
-                   core: relax.Var, qconsts: QuantizedConstants | None = None) -> AttentionMatch:
+                   core: relax.Var) -> AttentionMatch:
     """Recognize the self-attention around ``core`` (an ``A·V`` var) or raise :class:`Rejected`.
 
-    ``qconsts`` (from the module before ``FoldConstant``) recovers int8 weights of QDQ graphs.
+    Each step proves one property, in this order (the first failure is the reported reason):
+    the weights are a softmax of unmasked Q·Kᵀ; Q, K and V are heads of constant projections of
+    one layout; they project one tensor, row by row; the context reaches an output projection;
+    nothing of the region is read outside it; in QDQ graphs, every tensor is quantized once.
+    QDQ weights must still be ``dequantize(int8 constant)`` (``qdq.FoldConstantExceptInt8Weights``).
     """
-    m = _Matcher(func, bindings, qconsts)
-    tracer = m.tracer
+    m = _Matcher(func, bindings)
     probs_var, v_op = bindings[core].args
-    softmax_var, probs_region, probs_point = m.unwrap_qdq(probs_var)
-    probs = bindings.get(softmax_var)
+    softmax = _softmax_weights(m, probs_var)
+    scores, qk_value = _unmasked_scores(m, softmax.call)
+    heads = _head_projections(m, qk_value, v_op)
+    x, x_pairs, embed = _self_attention_input(m, heads)
+    out = _output_projection(m, core, heads.groups, heads.seq, heads.proj)
+    factors = _scalar_factors(heads, scores, quantized=[
+        bool(x_pairs), bool(heads.traces["Q"].quant), softmax.point is not None,
+        out.y_point is not None])
+    weights = _canonical_weights(heads, out, factors)
+    shape = MhsaShape(seq=heads.seq, embed=embed, heads=heads.groups, proj=heads.proj,
+                      out_features=out.wo.shape[1])
+    region = _region(core, softmax, scores, heads, out)
+    _check_self_contained(m, region, out.root, heads.projections)
+    quant = None
+    if factors.in_projections:
+        x = x_pairs[0].quantized
+        quant = _int8_quantization(heads, scores, softmax, out, x_pairs, factors, weights)
+    return AttentionMatch(x, weights, shape, out.root, out.root_shape, sorted(region, key=str),
+                          quant)
+
+
+@dataclass(frozen=True)
+class _Softmax:
+    var: relax.Var  # the softmax's own output (before an exported rounding of it)
+    call: relax.Call
+    region: list[relax.Var]  # the rounding's vars, if any
+    point: QParams | None  # QDQ: the probabilities' quantization
+
+
+def _softmax_weights(m: _Matcher, probs_var: relax.Expr) -> _Softmax:
+    """The attention weights are a softmax over the last axis (rounded once in QDQ graphs)."""
+    softmax_var, region, point = m.unwrap_qdq(probs_var)
+    probs = m.bindings.get(softmax_var)
     if _op_name(probs) != "relax.nn.softmax":
         raise Rejected("attention weights do not come from a softmax")
     if int(probs.attrs.axis) not in (-1, len(static_shape(softmax_var)) - 1):
         raise Rejected("softmax is not over the last axis")
-    score_shape = static_shape(probs.args[0])
+    return _Softmax(softmax_var, probs, region, point)
+
+
+def _unmasked_scores(m: _Matcher, softmax: relax.Call) -> tuple[Traced, relax.Call]:
+    """The softmax reads Q·Kᵀ itself, only re-laid-out and scaled: no mask, no score bias.
+    Returns the scores traced back to that matmul, and the matmul."""
+    score_shape = static_shape(softmax.args[0])
     if score_shape is not None and int(np.prod(score_shape)) > MAX_TRACED_ELEMENTS:
         raise Rejected(f"attention scores {list(score_shape)} have more than "
                        f"{MAX_TRACED_ELEMENTS} elements, beyond what the partitioner analyzes")
-    scores = tracer.trace(probs.args[0])
-    qk_value = tracer.producer(scores.source) if scores else None
+    scores = m.tracer.trace(softmax.args[0])
+    qk_value = m.tracer.producer(scores.source) if scores else None
     if scores is None or _op_name(qk_value) != "relax.matmul" or not np.array_equal(
             scores.index.reshape(-1), np.arange(scores.index.size)):
         raise Rejected("scores are modified before softmax (masked attention?)")
+    return scores, qk_value
+
+
+@dataclass(frozen=True)
+class _Heads:
+    """Q, K and V as heads of their projections: ``cols[n]`` [G, P] are the projection columns
+    of each head, ``rows[n]`` [G, S] the projection rows of each head's sequence positions."""
+
+    traces: dict[str, Traced]
+    projections: dict[str, _Projection]
+    cols: dict[str, np.ndarray]
+    rows: dict[str, np.ndarray]
+    seq: int
+    proj: int
+    groups: int  # heads (times batch, which the input check then rejects)
+
+
+def _head_projections(m: _Matcher, qk_value: relax.Call, v_op: relax.Expr) -> _Heads:
+    """Q, K and V have one sequence length (self-attention) and one head layout, and each is a
+    re-layout of a constant projection whose columns are constant along the sequence."""
     q_op, k_op = qk_value.args
     traces: dict[str, Traced] = {}
     for name, op in (("Q", q_op), ("K", k_op), ("V", v_op)):
-        traced = tracer.trace(op)
+        traced = m.tracer.trace(op)
         if traced is None or len(traced.index.shape) < 3:
             raise Rejected(f"{name} operand has no static [.., S, P] shape")
         traces[name] = traced
@@ -247,90 +322,133 @@ def find_attention(func: relax.Function, bindings: dict[relax.Var, relax.Expr],
         projections[name] = m.projection(traces[name].source)
         width = projections[name].weight.shape[1]
         cols[name], rows[name] = _head_columns(index.reshape(groups, seq, proj), width, name)
-    x, x_points, embed = _common_input(tracer, projections)
-    expected_rows = np.tile(np.arange(seq), (groups, 1))
+    return _Heads(traces, projections, cols, rows, seq, proj, groups)
+
+
+def _self_attention_input(m: _Matcher, heads: _Heads
+                          ) -> tuple[relax.Expr, list[QdqPair], int]:
+    """Q, K and V project one tensor, the sequence positions of every head being its rows in
+    order (which fails for batch > 1). Returns that tensor, its quantization (QDQ graphs,
+    nearest first) and the embedding size."""
+    projections, seq = heads.projections, heads.seq
+    x, x_pairs, embed = _common_input(m.tracer, projections)
+    expected_rows = np.tile(np.arange(seq), (heads.groups, 1))
     try:
         for name in projections:
-            x_rows = _input_rows(tracer, projections[name].data, x, embed)
-            if not np.array_equal(x_rows[rows[name]], expected_rows):
+            x_rows = _input_rows(m.tracer, projections[name].data, x, embed)
+            if not np.array_equal(x_rows[heads.rows[name]], expected_rows):
                 raise Rejected(f"{name} rows are not the input sequence in order (batch > 1?)")
     except Rejected as why:
         # The source is laid out differently (e.g. channels-first conv features transposed into
         # tokens): the kernel then reads the projection input TVM materializes, if it is shared.
-        x, x_points = _materialized_input(tracer, projections, embed, seq, why)
+        x, x_pairs = _materialized_input(m.tracer, projections, embed, seq, why)
         for name in projections:
-            if not np.array_equal(rows[name], expected_rows):
+            if not np.array_equal(heads.rows[name], expected_rows):
                 raise Rejected(f"{name} rows are not the input sequence in order "
                                "(batch > 1?)") from why
-    heads = groups
-    out = _output_projection(m, core, heads, seq, proj)
-    quantized = [bool(x_points), bool(traces["Q"].quant), probs_point is not None,
-                 out.y_point is not None]
-    # In QDQ graphs Q and K are quantized after any scalar factor (torch applies sqrt(scale) to
-    # both): the factors belong to the projections the kernel quantizes, not to the scores.
-    qk_in_projection = any(quantized)
-    q_factor = traces["Q"].scale if qk_in_projection else 1.0
-    k_factor = traces["K"].scale if qk_in_projection else 1.0
-    scale = scores.scale * traces["Q"].scale * traces["K"].scale / (q_factor * k_factor)
-    v_scale = traces["V"].scale
+    return x, x_pairs, embed
 
-    def gather(name: str, factor: float = 1.0) -> tuple[np.ndarray, np.ndarray | None]:
-        p = projections[name]
-        order = cols[name].reshape(-1)
+
+@dataclass(frozen=True)
+class _Factors:
+    """Where the scalar factors of the traces go."""
+
+    in_projections: bool  # QDQ graph: Q and K factors are folded into their projections
+    q: float
+    k: float
+    v: float
+    scale: float  # the factor of Q·Kᵀ left before the softmax
+    quantized: tuple[bool, ...]  # x, Q, probabilities, y: which of them a Q/DQ pair rounds
+
+
+def _scalar_factors(heads: _Heads, scores: Traced, quantized: list[bool]) -> _Factors:
+    """Split the scalar factors the traces met between the projections and the score scale.
+
+    In QDQ graphs Q and K are quantized after any scalar factor (torch applies sqrt(scale) to
+    both): the factors belong to the projections the kernel quantizes, not to the scores.
+    """
+    traces = heads.traces
+    in_projections = any(quantized)
+    q = traces["Q"].scale if in_projections else 1.0
+    k = traces["K"].scale if in_projections else 1.0
+    scale = scores.scale * traces["Q"].scale * traces["K"].scale / (q * k)
+    return _Factors(in_projections, q, k, traces["V"].scale, scale, tuple(quantized))
+
+
+def _canonical_weights(heads: _Heads, out: _OutputProjection, factors: _Factors
+                       ) -> MhsaWeights:
+    """The float weights in canonical head order, the factors folded into them."""
+
+    def gather(name: str, factor: float) -> tuple[np.ndarray, np.ndarray | None]:
+        p = heads.projections[name]
+        order = heads.cols[name].reshape(-1)
         bias = None if p.bias is None else (p.bias[order] * factor).astype(np.float32)
         return (p.weight[:, order] * factor).astype(np.float32), bias
 
-    wq, bq = gather("Q", q_factor)
-    wk, bk = gather("K", k_factor)
-    wv, bv = gather("V", v_scale)
-    weights = MhsaWeights(wq=wq, wk=wk, wv=wv, wo=out.wo, bq=bq, bk=bk, bv=bv, bo=out.bo,
-                          scale=float(scale))
-    shape = MhsaShape(seq=seq, embed=embed, heads=heads, proj=proj,
-                      out_features=out.wo.shape[1])
-    region = {core, softmax_var, *probs_region, *scores.through, scores.source, *out.region}
-    for traced in traces.values():
+    wq, bq = gather("Q", factors.q)
+    wk, bk = gather("K", factors.k)
+    wv, bv = gather("V", factors.v)
+    return MhsaWeights(wq=wq, wk=wk, wv=wv, wo=out.wo, bq=bq, bk=bk, bv=bv, bo=out.bo,
+                       scale=float(factors.scale))
+
+
+def _region(core: relax.Var, softmax: _Softmax, scores: Traced, heads: _Heads,
+            out: _OutputProjection) -> set[relax.Var]:
+    """Every var the kernel replaces: from the projections through the core to the output."""
+    region = {core, softmax.var, *softmax.region, *scores.through, scores.source, *out.region}
+    for traced in heads.traces.values():
         region.update(traced.through)
-    for p in projections.values():
+    for p in heads.projections.values():
         region.update(p.vars)
-    _check_no_leaks(m.uses, region, out.root)
+    return region
+
+
+def _check_self_contained(m: _Matcher, region: set[relax.Var], root: relax.Var,
+                          projections: dict[str, _Projection]) -> None:
+    """No intermediate of the region and no projection weight is read outside it: the kernel
+    replaces the whole region, and holds its own copy of the weights."""
+    _check_no_leaks(m.uses, region, root)
     for p in projections.values():
-        for const in p.consts:
-            if m.uses.const_used_outside(const, region):
-                raise Rejected("a projection weight is shared with nodes outside the attention")
-    quant = None
-    if qk_in_projection:
-        if not all(quantized):
-            raise Rejected("the attention is only partly quantized (QDQ around some tensors)")
-        if traces["V"].scale != 1.0:
-            raise Rejected("V is rescaled between its quantization and the attention")
-        x_point = x_points[0]
-        x = x_point.quantized
-        quant = MhsaQuantization(
-            x=x_point,
-            q=_consistent(traces["Q"].quant, "Q"), k=_consistent(traces["K"].quant, "K"),
-            v=_consistent(traces["V"].quant, "V"),
-            scores=_consistent(scores.quant[:1], "softmax input"), probs=probs_point,
-            ctx=out.ctx_point, y=out.y_point,
-            wq=m.int8_weight(projections["Q"].weight, "Q").take_columns(
-                cols["Q"].reshape(-1)).scaled(q_factor),
-            wk=m.int8_weight(projections["K"].weight, "K").take_columns(
-                cols["K"].reshape(-1)).scaled(k_factor),
-            wv=m.int8_weight(projections["V"].weight, "V").take_columns(cols["V"].reshape(-1)),
-            wo=m.int8_weight(out.wo_source, "output").take_rows(out.wo_order),
-            # A Q/K rounding before a factor folded into the projection would sit at another
-            # point of the computation: only replicate it when no factor is folded.
-            q_acc=projections["Q"].acc_point if q_factor == 1.0 else None,
-            k_acc=projections["K"].acc_point if k_factor == 1.0 else None,
-            v_acc=projections["V"].acc_point if v_scale == 1.0 else None,
-            o_acc=out.acc_point,
-            qk_acc=scores.quant[-1] if len(scores.quant) > 1 and scores.scale != 1.0 else None,
-        )
-    return AttentionMatch(x, weights, shape, out.root, out.root_shape, sorted(region, key=str),
-                          quant)
+        if m.uses.weight_used_outside(p.consts, p.weight_vars, region):
+            raise Rejected("a projection weight is shared with nodes outside the attention")
+
+
+def _int8_quantization(heads: _Heads, scores: Traced, softmax: _Softmax,
+                       out: _OutputProjection, x_pairs: list[QdqPair], factors: _Factors,
+                       weights: MhsaWeights) -> MhsaInt8Params:
+    """A QDQ attention is quantized at every tensor the int8 kernel materializes, each once
+    (consistently along its layout), and its weights are symmetric int8."""
+    if not all(factors.quantized):
+        raise Rejected("the attention is only partly quantized (QDQ around some tensors)")
+    if factors.v != 1.0:
+        raise Rejected("V is rescaled between its quantization and the attention")
+    traces, projections, cols = heads.traces, heads.projections, heads.cols
+    return MhsaInt8Params(
+        x=x_pairs[0].params,
+        q=_consistent(traces["Q"].quant, "Q"), k=_consistent(traces["K"].quant, "K"),
+        v=_consistent(traces["V"].quant, "V"),
+        scores=_consistent(scores.quant[:1], "softmax input"), probs=softmax.point,
+        ctx=out.ctx_point, y=out.y_point,
+        wq=_int8(projections["Q"].int8, "Q").take_columns(
+            cols["Q"].reshape(-1)).scaled(factors.q),
+        wk=_int8(projections["K"].int8, "K").take_columns(
+            cols["K"].reshape(-1)).scaled(factors.k),
+        wv=_int8(projections["V"].int8, "V").take_columns(cols["V"].reshape(-1)),
+        wo=_int8(out.wo_int8, "output").take_rows(out.wo_order),
+        bq=weights.bq, bk=weights.bk, bv=weights.bv, bo=out.bo, scale=weights.scale,
+        # A Q/K rounding before a factor folded into the projection would sit at another
+        # point of the computation: only replicate it when no factor is folded.
+        q_acc=projections["Q"].acc_point if factors.q == 1.0 else None,
+        k_acc=projections["K"].acc_point if factors.k == 1.0 else None,
+        v_acc=projections["V"].acc_point if factors.v == 1.0 else None,
+        o_acc=out.acc_point,
+        qk_acc=(scores.quant[-1].params if len(scores.quant) > 1 and scores.scale != 1.0
+                else None),
+    )
 
 
 def _common_input(tracer: LayoutTracer, projections: dict[str, _Projection]
-                  ) -> tuple[relax.Expr, list[QuantPoint], int]:
+                  ) -> tuple[relax.Expr, list[QdqPair], int]:
     """The one tensor Q, K and V are projected from, and its quantization (QDQ graphs)."""
     sources = {name: tracer.trace(p.data) for name, p in projections.items()}
     if any(t is None for t in sources.values()):
@@ -352,7 +470,7 @@ def _common_input(tracer: LayoutTracer, projections: dict[str, _Projection]
 
 
 def _materialized_input(tracer: LayoutTracer, projections: dict[str, _Projection], embed: int,
-                        seq: int, why: Rejected) -> tuple[relax.Expr, list[QuantPoint]]:
+                        seq: int, why: Rejected) -> tuple[relax.Expr, list[QdqPair]]:
     """The shared [.., S, E] projection input itself (and its nearest quantization, QDQ);
     ``why`` is the reason the traced source could not be used, re-raised if this fails too."""
     data = projections["Q"].data
@@ -383,11 +501,11 @@ class _OutputProjection:
     wo: np.ndarray  # float [H*P, E_out], rows in canonical (head, p) order
     bo: np.ndarray | None
     region: list[relax.Var]
-    wo_source: np.ndarray  # the weight as found (for the int8 lookup)
-    wo_order: np.ndarray  # row order taking wo_source to wo
-    ctx_point: QuantPoint | None
-    y_point: QuantPoint | None
-    acc_point: QuantPoint | None = None
+    wo_int8: QWeight | None  # QDQ: the weight's int8 form, rows as found
+    wo_order: np.ndarray  # row order taking the weight as found to wo
+    ctx_point: QParams | None
+    y_point: QParams | None
+    acc_point: QParams | None = None
 
 
 _CHAIN_OPS = ("relax.quantize", "relax.dequantize")
@@ -412,9 +530,10 @@ def _output_projection(m: _Matcher, core: relax.Var, heads: int, seq: int, proj:
         current = nxt
     matmul_var = nxt
     ctx, wo_expr = bindings[matmul_var].args
-    if not is_constant(wo_expr) or not ctx.same_as(current):
+    wo = m.weight(wo_expr)
+    if wo is None or not ctx.same_as(current):
         raise Rejected("output projection weight is not a constant")
-    wo_src = constant_value(wo_expr)
+    wo_src = wo.value
     root, bo_src, region, acc_point = matmul_var, None, [*chain, matmul_var], None
     after, pair = _after_intermediate_qdq(m, matmul_var)
     user = uses.sole_user(after)
@@ -426,15 +545,13 @@ def _output_projection(m: _Matcher, core: relax.Var, heads: int, seq: int, proj:
             root = user
             region += [*pair, root]
             if pair:
-                acc_point = m.tracer.qdq_pair(bindings[pair[1]])[1]
+                acc_point = m.tracer.qdq_pair(bindings[pair[1]])[1].params
     y_point = None
     user = uses.sole_user(root)
     if user is not None and _op_name(bindings.get(user)) == "relax.quantize":
-        from tvm_tiny.partition.layout_trace import per_tensor_qparams
-
         params = per_tensor_qparams(bindings[user])
         if params is not None:
-            y_point = QuantPoint(params[0], params[1], str(user.ty.dtype), user)
+            y_point = _output_qparams(params, str(user.ty.dtype))
             root = user
             region.append(root)
     traced = tracer.trace(ctx)
@@ -449,14 +566,22 @@ def _output_projection(m: _Matcher, core: relax.Var, heads: int, seq: int, proj:
         raise Rejected("output projection input mixes sequence positions")
     order = np.empty(heads * proj, dtype=np.int64)
     order[g[0] * proj + p[0]] = np.arange(heads * proj)
-    if uses.const_used_outside(wo_expr, set(region)):
+    if uses.weight_used_outside(wo.consts, wo.vars, set(region)):
         raise Rejected("the output projection weight is shared outside the attention")
     root_shape = static_shape(root)
     if root_shape is None or int(np.prod(root_shape[:-1])) != seq:
         raise Rejected("output projection result is not [.., S, E_out]")
     ctx_point = _consistent(traced.quant, "attention context") if traced.quant else None
     return _OutputProjection(root, root_shape, wo_src[order].astype(np.float32), bo_src, region,
-                             wo_src, order, ctx_point, y_point, acc_point)
+                             wo.int8, order, ctx_point, y_point, acc_point)
+
+
+def _output_qparams(params: tuple[float, int], dtype: str) -> QParams:
+    """The output quantize's parameters; Rejected when they are no valid quantization."""
+    try:
+        return QParams(params[0], params[1], dtype)
+    except ValueError as why:
+        raise Rejected(f"the attention output's quantization is invalid: {why}") from why
 
 
 def _after_intermediate_qdq(m: _Matcher, var: relax.Var) -> tuple[relax.Var, list[relax.Var]]:

@@ -18,12 +18,16 @@ QDQ (int8) attentions become the same chain with one ``quantize`` per tensor the
 materializes (x in, Q/K/V, softmax input and output, context, y out) and the weights as
 ``dequantize(int8 constant)``; the region then maps int8 to int8 (``tvm_tiny.mhsa_s8``).
 
+Every chain reads its input ``x`` through the proof mark (``proof_mark.py``): that is how the
+MHSA patterns know a region is one this pass proved, and not the same ops met verbatim in a
+graph it rejected. ``RemoveProofMarks`` takes the marks out again.
+
 Preconditions: constants bound in the function (``from_onnx(keep_params_in_input=False)``);
-``FoldConstant`` first, so shape arithmetic of the exporters is folded (int8 weights are recovered
-through :class:`~tvm_tiny.partition.qdq.QuantizedConstants` collected before the fold). Runs before
-partitioning. Not rewritten (each with a reason, see ``attention_match.find_attention``): masked
-scores, cross-attention, weights or intermediates used outside the attention, batch > 1,
-non-constant weights, partly quantized attentions.
+``qdq.FoldConstantExceptInt8Weights`` first, so shape arithmetic of the exporters is folded while
+the int8 weights of QDQ graphs stay ``dequantize(int8 constant)``. Runs before partitioning.
+Not rewritten (each with a reason, see ``attention_match.find_attention``): masked scores,
+cross-attention, weights or intermediates used outside the attention, batch > 1, non-constant
+weights, partly quantized attentions.
 """
 
 from __future__ import annotations
@@ -35,10 +39,10 @@ import tvm
 from tvm import relax
 from tvm.relax.dpl import is_op, wildcard
 
+from tvm_tiny.ir.quant import QParams, QWeight
 from tvm_tiny.ir.relax_compat import static_shape
 from tvm_tiny.partition.attention_match import AttentionMatch, Rejected, find_attention
-from tvm_tiny.partition.layout_trace import QuantPoint
-from tvm_tiny.partition.qdq import QuantizedConstants, QuantizedWeight
+from tvm_tiny.partition.proof_mark import mark_proven
 
 # Deliberately loose (any softmax feeding a matmul, directly or through a Q/DQ pair):
 # find_attention() then proves or rejects the rest, so near misses such as masked scores are
@@ -50,20 +54,22 @@ ATTENTION_CORE = is_op("relax.matmul")(_SOFTMAX | _QDQ_SOFTMAX, wildcard())
 """``A·V`` with ``A = softmax(...)``: the anchor every MHSA shares."""
 
 
-Bind = Callable[[relax.Expr], relax.Expr]
-"""Emits an expression as its own binding and returns the var: Q, K and V must read one node."""
+Bind = Callable[[relax.Expr, str], relax.Expr]
+"""Emits an expression as its own binding (optionally named) and returns the var: Q, K and V
+must read one node."""
 
 
-def canonical_attention(match: AttentionMatch, bind: Bind) -> tuple[relax.Expr, relax.Constant]:
+def canonical_attention(match: AttentionMatch, bind: Bind) -> relax.Expr:
     """The canonical op chain of ``match`` (see the module docstring), shaped like its root,
-    and its scale constant, which identifies the region to the partitioner's pattern check."""
+    reading its input through the proof mark."""
     if match.quant is not None:
         return _canonical_int8(match, bind)
     s, e, h, p = match.shape.seq, match.shape.embed, match.shape.heads, match.shape.proj
     w = match.weights
     x = match.x
     if static_shape(x) != (1, s, e):
-        x = bind(relax.op.reshape(x, (1, s, e)))
+        x = bind(relax.op.reshape(x, (1, s, e)), "")
+    x = bind(mark_proven(x), x.name)  # named as its input: the kernel's input is named so
 
     def project(data: relax.Expr, weight: np.ndarray, bias: np.ndarray | None) -> relax.Expr:
         out = relax.op.matmul(data, relax.const(weight))
@@ -82,52 +88,52 @@ def canonical_attention(match: AttentionMatch, bind: Bind) -> tuple[relax.Expr, 
     out = project(ctx, w.wo, w.bo)
     if tuple(match.root_shape) != (1, s, match.shape.out_features):
         out = relax.op.reshape(out, match.root_shape)
-    return out, scale
+    return out
 
 
-def _qparams(point: QuantPoint) -> tuple[relax.Constant, relax.Constant]:
+def _qparams(point: QParams) -> tuple[relax.Constant, relax.Constant]:
     return (relax.const(np.float32(point.scale)),
-            relax.const(np.array(point.zero_point, dtype=point.dtype)))
+            relax.const(np.array(point.zero_point, dtype=str(point.dtype))))
 
 
-def _quantize(value: relax.Expr, point: QuantPoint) -> relax.Expr:
+def _quantize(value: relax.Expr, point: QParams) -> relax.Expr:
     scale, zero_point = _qparams(point)
-    return relax.op.quantize(value, scale, zero_point, axis=-1, out_dtype=point.dtype)
+    return relax.op.quantize(value, scale, zero_point, axis=-1, out_dtype=str(point.dtype))
 
 
-def _dequantize(value: relax.Expr, point: QuantPoint) -> relax.Expr:
+def _dequantize(value: relax.Expr, point: QParams) -> relax.Expr:
     scale, zero_point = _qparams(point)
     return relax.op.dequantize(value, scale, zero_point, axis=-1, out_dtype="float32")
 
 
-def _int8_weight(weight: QuantizedWeight) -> relax.Expr:
+def _int8_weight(weight: QWeight) -> relax.Expr:
     """``dequantize(int8 constant, per-column scales, 0)``: exact int8 values stay visible."""
     zero = relax.const(np.zeros(weight.scale.shape, dtype=np.int8))
     return relax.op.dequantize(relax.const(weight.values), relax.const(weight.scale), zero,
                                axis=1, out_dtype="float32")
 
 
-def _canonical_int8(match: AttentionMatch, bind: Bind) -> tuple[relax.Expr, relax.Constant]:
+def _canonical_int8(match: AttentionMatch, bind: Bind) -> relax.Expr:
     """The canonical QDQ chain: int8 in, one quantize per tensor the int8 kernel holds, int8 out."""
     s, e, h, p = match.shape.seq, match.shape.embed, match.shape.heads, match.shape.proj
     w, qz = match.weights, match.quant
     xq = match.x
     if static_shape(xq) != (1, s, e):
-        xq = bind(relax.op.reshape(xq, (1, s, e)))
-    x = bind(_dequantize(xq, qz.x))
+        xq = bind(relax.op.reshape(xq, (1, s, e)), "")
+    x = bind(_dequantize(bind(mark_proven(xq), xq.name), qz.x), "")
 
-    def rounded(value: relax.Expr, point: QuantPoint | None) -> relax.Expr:
+    def rounded(value: relax.Expr, point: QParams | None) -> relax.Expr:
         """An exported intermediate rounding (``dequantize(quantize(.))``) when there is one."""
         return value if point is None else _dequantize(_quantize(value, point), point)
 
-    def project(data: relax.Expr, weight: QuantizedWeight, bias: np.ndarray | None,
-                point: QuantPoint, acc: QuantPoint | None) -> relax.Expr:
+    def project(data: relax.Expr, weight: QWeight, bias: np.ndarray | None,
+                point: QParams, acc: QParams | None) -> relax.Expr:
         out = relax.op.matmul(data, _int8_weight(weight))
         if bias is not None:
             out = relax.op.add(rounded(out, acc), relax.const(bias))
         return _quantize(out, point)
 
-    def heads(value: relax.Expr, point: QuantPoint, axes: list[int]) -> relax.Expr:
+    def heads(value: relax.Expr, point: QParams, axes: list[int]) -> relax.Expr:
         return relax.op.permute_dims(
             relax.op.reshape(_dequantize(value, point), (1, s, h, p)), axes)
 
@@ -144,7 +150,7 @@ def _canonical_int8(match: AttentionMatch, bind: Bind) -> tuple[relax.Expr, rela
     out = project(ctx, qz.wo, w.bo, qz.y, qz.o_acc)
     if tuple(match.root_shape) != (1, s, match.shape.out_features):
         out = relax.op.reshape(out, match.root_shape)
-    return out, scale
+    return out
 
 
 def attention_cores(func: relax.Function) -> list[tuple[relax.Var, dict]]:
@@ -158,41 +164,36 @@ def attention_cores(func: relax.Function) -> list[tuple[relax.Var, dict]]:
     return found
 
 
-def canonicalize_function(func: relax.Function, qconsts: QuantizedConstants | None = None
-                          ) -> tuple[relax.Function, list[str], list[relax.Expr]]:
-    """Rewrite every recognized attention of ``func``.
-
-    Returns the function, the rejection reasons and the scale constants of the canonical regions.
-    """
+def canonicalize_function(func: relax.Function) -> tuple[relax.Function, list[str]]:
+    """Rewrite every recognized attention of ``func``; returns the function and the reason each
+    attention left as it was could not be rewritten."""
     rejections: list[str] = []
-    approved: list[relax.Expr] = []
     replacements: dict[relax.Var, AttentionMatch] = {}
     for core, bindings in attention_cores(func):
         try:
-            match = find_attention(func, bindings, core, qconsts)
+            match = find_attention(func, bindings, core)
         except Rejected as why:
             rejections.append(f"attention at '{core.name}': {why}")
             continue
         replacements[match.root] = match
     if not replacements:
-        return func, rejections, approved
-    return _replace_bindings(func, replacements, approved), rejections, approved
+        return func, rejections
+    return _replace_bindings(func, replacements), rejections
 
 
-def _replace_bindings(func: relax.Function, replacements: dict[relax.Var, AttentionMatch],
-                      approved: list[relax.Expr]) -> relax.Function:
+def _replace_bindings(func: relax.Function, replacements: dict[relax.Var, AttentionMatch]
+                      ) -> relax.Function:
     """Rebuild ``func`` with each match's root bound to its canonical chain (dead code is left
-    to DCE); the scale constant of every chain emitted is appended to ``approved``."""
+    to DCE)."""
 
     @relax.expr_functor.mutator
     class _Replacer(relax.PyExprMutator):
         def visit_var_binding_(self, binding: relax.VarBinding) -> None:
             if binding.var in replacements:
-                def bind(expr: relax.Expr) -> relax.Expr:
-                    return self.builder_.emit(self.visit_expr(expr))
+                def bind(expr: relax.Expr, name_hint: str) -> relax.Expr:
+                    return self.builder_.emit(self.visit_expr(expr), name_hint)
 
-                chain, scale = canonical_attention(replacements[binding.var], bind)
-                approved.append(scale)
+                chain = canonical_attention(replacements[binding.var], bind)
                 new_value = self.visit_expr(chain)
                 emit = (self.builder_.emit if isinstance(binding.var, relax.DataflowVar)
                         else self.builder_.emit_output)
@@ -208,26 +209,21 @@ def _replace_bindings(func: relax.Function, replacements: dict[relax.Var, Attent
 class CanonicalizeSelfAttention:
     """Module pass form of :func:`canonicalize_function`.
 
-    ``rejections`` collects why attentions were not rewritten; ``approved`` holds the scale
-    constant of every canonical region, so the partitioner offloads exactly those.
+    ``rejections`` collects why attentions were not rewritten (the partitioner's report); what
+    was rewritten is in the IR itself, each chain behind a proof mark.
     """
 
-    def __init__(self, qconsts: QuantizedConstants | None = None) -> None:
-        self.qconsts = qconsts
+    def __init__(self) -> None:
         self.rejections: list[str] = []
-        self.approved: list[relax.Expr] = []
-
-    def is_approved(self, scale: relax.Expr) -> bool:
-        return any(scale.same_as(c) for c in self.approved)
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext
                          ) -> tvm.IRModule:
+        mod = mod.clone()  # the pass infrastructure hands us the caller's module
         updates = {}
         for gv, func in mod.functions.items():
             if isinstance(func, relax.Function):
-                new_func, rejected, approved = canonicalize_function(func, self.qconsts)
+                new_func, rejected = canonicalize_function(func)
                 self.rejections.extend(rejected)
-                self.approved.extend(approved)
                 if not new_func.same_as(func):
                     updates[gv] = new_func
         for gv, func in updates.items():

@@ -13,18 +13,19 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from tvm_tiny.ir.enums import DType
 from tvm_tiny.ir.errors import CodegenError
 from tvm_tiny.ir.mhsa import MhsaShape, MhsaWeights
+from tvm_tiny.ir.quant import MhsaInt8Params, QParams, QWeight
 from tvm_tiny.ir.relax_compat import constant_value, is_constant, static_shape
-from tvm_tiny.partition.attention_match import MhsaQuantization
-from tvm_tiny.partition.layout_trace import QuantPoint, per_tensor_qparams
+from tvm_tiny.partition.layout_trace import per_tensor_qparams
+from tvm_tiny.partition.partitioner import mhsa_functions
 from tvm_tiny.partition.patterns import (
     MHSA_COMPOSITE,
     MHSA_S8_COMPOSITE,
     make_mhsa_pattern,
     make_mhsa_s8_pattern,
 )
-from tvm_tiny.partition.qdq import QuantizedWeight
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,8 @@ class MhsaDescriptor:
     symbol: str
     shape: MhsaShape
     weights: MhsaWeights
-    dtype: str
-    quant: MhsaQuantization | None = None
+    dtype: DType
+    quant: MhsaInt8Params | None = None
 
 
 _COMPOSITES = (MHSA_COMPOSITE, MHSA_S8_COMPOSITE)
@@ -93,7 +94,7 @@ def describe_mhsa(func: relax.Function, symbol: str) -> MhsaDescriptor:
     shape = MhsaShape(seq=seq, embed=x_shape[-1], heads=heads, proj=wq.shape[1] // heads,
                       out_features=weights.wo.shape[1])
     weights.check_shape(shape)
-    dtype = str(matched[annotations["x"]].ty.dtype)
+    dtype = DType(str(matched[annotations["x"]].ty.dtype))
     return MhsaDescriptor(symbol, shape, weights, dtype)
 
 
@@ -109,54 +110,57 @@ def _describe_mhsa_s8(composite: relax.Function, symbol: str) -> MhsaDescriptor:
     def node(name: str) -> relax.Expr:
         return matched[annotations[name]]
 
-    def point(name: str) -> QuantPoint:
-        call = node(name)
+    def point(name: str, call: relax.Expr | None = None) -> QParams:
+        call = node(name) if call is None else call
         params = per_tensor_qparams(call)
         if params is None:
             raise CodegenError(f"'{symbol}': {name} is not quantized per tensor")
         dtype = str(call.attrs.out_dtype) if name != "x" else str(call.args[0].ty.dtype)
-        return QuantPoint(params[0], params[1], dtype, call)
+        try:
+            return QParams(params[0], params[1], dtype)
+        except ValueError as why:
+            raise CodegenError(f"'{symbol}': {name}: {why}") from why
 
-    def weight(name: str) -> QuantizedWeight:
+    def weight(name: str) -> QWeight:
         call = node(name)
         values, scale = constant_value(call.args[0]), constant_value(call.args[1])
         columns = values.shape[1]
-        return QuantizedWeight(values, np.broadcast_to(scale.reshape(-1), (columns,)).astype(
+        return QWeight(values, np.broadcast_to(scale.reshape(-1), (columns,)).astype(
             np.float32))
 
     def bias(name: str) -> np.ndarray | None:
         expr = matched.get(annotations[name])
         return None if expr is None else constant_value(expr).reshape(-1).astype(np.float32)
 
-    def optional_point(name: str) -> QuantPoint | None:
+    def optional_point(name: str) -> QParams | None:
         return point(name) if matched.get(annotations[name]) is not None else None
 
-    root = node("root")
-    quant = MhsaQuantization(
+    bq, bk, bv, bo = bias("bq"), bias("bk"), bias("bv"), bias("bo")
+    scale = float(constant_value(node("scale")).reshape(-1)[0])
+    quant = MhsaInt8Params(
         x=point("x"), q=point("q"), k=point("k"), v=point("v"), scores=point("scores"),
-        probs=point("probs"), ctx=point("ctx"),
-        y=QuantPoint(*per_tensor_qparams(root), str(root.attrs.out_dtype), root),
+        probs=point("probs"), ctx=point("ctx"), y=point("y", node("root")),
         wq=weight("wq"), wk=weight("wk"), wv=weight("wv"), wo=weight("wo"),
+        bq=bq, bk=bk, bv=bv, bo=bo, scale=scale,
         q_acc=optional_point("q_acc"), k_acc=optional_point("k_acc"),
         v_acc=optional_point("v_acc"), o_acc=optional_point("o_acc"),
         qk_acc=optional_point("qk_acc"),
     )
 
-    def dequantized(w: QuantizedWeight) -> np.ndarray:
+    def dequantized(w: QWeight) -> np.ndarray:
         return (w.values.astype(np.float32) * w.scale).astype(np.float32)
 
     x_shape = static_shape(node("xq"))
     heads = static_shape(node("scores"))[1]
     weights = MhsaWeights(
         wq=dequantized(quant.wq), wk=dequantized(quant.wk), wv=dequantized(quant.wv),
-        wo=dequantized(quant.wo), bq=bias("bq"), bk=bias("bk"), bv=bias("bv"), bo=bias("bo"),
-        scale=float(constant_value(node("scale")).reshape(-1)[0]),
+        wo=dequantized(quant.wo), bq=bq, bk=bk, bv=bv, bo=bo, scale=scale,
     )
     shape = MhsaShape(seq=x_shape[-2], embed=x_shape[-1], heads=heads,
                       proj=quant.wq.values.shape[1] // heads,
                       out_features=quant.wo.values.shape[1])
     weights.check_shape(shape)
-    return MhsaDescriptor(symbol, shape, weights, "int8", quant)
+    return MhsaDescriptor(symbol, shape, weights, DType.INT8, quant)
 
 
 def offloaded_symbol(func: relax.Function) -> str:
@@ -169,6 +173,4 @@ def offloaded_symbol(func: relax.Function) -> str:
 
 def descriptors_of(mod: tvm.IRModule) -> list[MhsaDescriptor]:
     """Descriptors of every offloaded MHSA of a partitioned module, in call order."""
-    from tvm_tiny.partition.partitioner import mhsa_functions
-
     return [describe_mhsa(mod[gv], offloaded_symbol(mod[gv])) for gv in mhsa_functions(mod)]

@@ -9,10 +9,11 @@ chain, every element says exactly which source element it is, so head/column/row
 read off with numpy, whatever the chain was.
 
 Supported layout operators: reshape, permute_dims, expand_dims, squeeze, take (constant indices),
-split + TupleGetItem, strided_slice, astype to the same dtype; multiply/divide by a scalar constant
-are traced as a scale factor. In QDQ (int8) graphs a ``dequantize(quantize(t, s, z), s, z)`` pair
-with per-tensor parameters is layout-neutral too; each pair passed is recorded as a
-:class:`QuantPoint`, nearest to the traced tensor first.
+split + TupleGetItem, strided_slice, astype to the same dtype, the proof mark of a canonical chain
+(``proof_mark.py``); multiply/divide by a scalar constant are traced as a scale factor. In QDQ
+(int8) graphs a ``dequantize(quantize(t, s, z), s, z)`` pair with per-tensor parameters is
+layout-neutral too; each pair passed is recorded as a :class:`QdqPair` (its ``ir.quant.QParams``
+and the quantized var), nearest to the traced tensor first.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from tvm_tiny.ir.quant import QParams
 from tvm_tiny.ir.relax_compat import constant_value, is_constant, static_shape
+from tvm_tiny.partition.proof_mark import is_proof_mark, marked_value
 
 _RESHAPE_LIKE = ("relax.reshape", "relax.expand_dims", "relax.squeeze")
 
@@ -34,17 +37,12 @@ Step = tuple[relax.Expr, Callable[[np.ndarray], np.ndarray], float]
 
 
 @dataclass(frozen=True)
-class QuantPoint:
-    """A per-tensor quantize → dequantize pair the trace passed: real = scale * (q - zero_point)."""
+class QdqPair:
+    """A per-tensor quantize → dequantize pair the trace passed: its quantization and the var
+    holding the quantized (integer) tensor."""
 
-    scale: float
-    zero_point: int
-    dtype: str
-    quantized: relax.Expr  # the var holding the quantized (integer) tensor
-
-    def same_params(self, other: QuantPoint) -> bool:
-        return (self.scale, self.zero_point, self.dtype) == (other.scale, other.zero_point,
-                                                            other.dtype)
+    params: QParams
+    quantized: relax.Expr
 
 
 @dataclass
@@ -55,7 +53,7 @@ class Traced:
     index: np.ndarray  # same shape as the traced tensor; flat indices into ``source``
     scale: float = 1.0
     through: list[relax.Var] = field(default_factory=list)  # bound vars walked through
-    quant: list[QuantPoint] = field(default_factory=list)  # nearest to the traced tensor first
+    quant: list[QdqPair] = field(default_factory=list)  # nearest to the traced tensor first
 
 
 def per_tensor_qparams(call: relax.Call) -> tuple[float, int] | None:
@@ -120,26 +118,34 @@ class LayoutTracer:
             return None  # our numpy model of the op disagrees with TVM's shape: do not guess
         return Traced(inner.source, index, inner.scale * scale, [*inner.through, expr])
 
-    def qdq_pair(self, value: relax.Expr) -> tuple[relax.Expr, QuantPoint] | None:
-        """``dequantize(quantize(t))`` with equal per-tensor params → (t, its QuantPoint)."""
+    def qdq_pair(self, value: relax.Expr) -> tuple[relax.Expr, QdqPair] | None:
+        """``dequantize(quantize(t))`` with equal per-tensor params → (t, the pair)."""
         if not (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)
                 and value.op.name == "relax.dequantize"):
             return None
         quantized = value.args[0]
         inner = self.producer(quantized)
+        if is_proof_mark(inner):  # the int8 input of a canonical chain (canonicalized again)
+            quantized = marked_value(inner)
+            inner = self.producer(quantized)
         if not (isinstance(inner, relax.Call) and isinstance(inner.op, tvm.ir.Op)
                 and inner.op.name == "relax.quantize"):
             return None
         outer_params, inner_params = per_tensor_qparams(value), per_tensor_qparams(inner)
         if outer_params is None or outer_params != inner_params:
             return None
-        dtype = str(quantized.ty.dtype)
-        return inner.args[0], QuantPoint(outer_params[0], outer_params[1], dtype, quantized)
+        try:
+            params = QParams(outer_params[0], outer_params[1], str(quantized.ty.dtype))
+        except ValueError:
+            return None  # no valid quantization (scale <= 0, zero point out of range, int32)
+        return inner.args[0], QdqPair(params, quantized)
 
     def layout_step(self, value: relax.Expr) -> Step | None:
         """One layout operator undone: (its data input, index transform, scale), or None."""
         if isinstance(value, relax.TupleGetItem):
             return self._tuple_item(value)
+        if is_proof_mark(value):
+            return marked_value(value), (lambda idx: idx), 1.0
         if not isinstance(value, relax.Call) or not isinstance(value.op, tvm.ir.Op):
             return None
         name, args, attrs = value.op.name, value.args, value.attrs

@@ -1,4 +1,15 @@
-"""``partition_for_tiny``: mark every MHSA of a Relax module for the tvm_tiny code generator."""
+"""``partition_for_tiny``: mark every MHSA of a Relax module for the tvm_tiny code generator.
+
+The passes, in order:
+
+1. fold constants, except the int8 weights of QDQ graphs (``qdq.py``: the matcher reads them);
+2. rewrite every proved attention into its canonical chain behind a proof mark
+   (``canonicalize.py``, ``proof_mark.py``);
+3. fold the int8 weights no canonical int8 chain reads (those of rejected attentions and of the
+   rest of the graph), so that what TVM receives is folded exactly as ``FoldConstant`` folds it;
+4. fuse by the ``tvm_tiny.*`` patterns of TVM's registry (``patterns.py``);
+5. remove the proof marks.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +17,22 @@ from dataclasses import dataclass, field
 
 import tvm
 from tvm import relax
+from tvm.relax.backend.pattern_registry import get_patterns_with_prefix
 
+from tvm_tiny.ir.native_log import quiet_take_fast_mode
 from tvm_tiny.partition.canonicalize import CanonicalizeSelfAttention
-from tvm_tiny.partition.patterns import LINEAR_SPARSE_COMPOSITE, MHSA_COMPOSITES, tiny_patterns
-from tvm_tiny.partition.qdq import QuantizedConstants
+from tvm_tiny.partition.patterns import (
+    CODEGEN_NAME,
+    LINEAR_SPARSE_COMPOSITE,
+    MHSA_COMPOSITES,
+    PATTERN_PREFIX,
+    canonical_int8_weights,
+)
+from tvm_tiny.partition.proof_mark import RemoveProofMarks, count_marks, unclaimed_marks
+from tvm_tiny.partition.qdq import FoldConstantExceptInt8Weights, int8_matmul_weights
 
-CODEGEN_NAME = "tvm_tiny"
+__all__ = ["CODEGEN_NAME", "PartitionReport", "composite_name", "mhsa_functions",
+           "offloaded_functions", "partition_for_tiny", "sparse_linear_functions"]
 
 
 @dataclass
@@ -26,7 +47,9 @@ def partition_for_tiny(mod: tvm.IRModule, report: PartitionReport | None = None,
                        sparse: bool = True) -> tvm.IRModule:
     """Partition ``mod``: each multi-head self-attention becomes a ``Codegen="tvm_tiny"`` function.
 
-    Like ``partition_for_cmsisnn`` / ``partition_for_tensorrt``: normalize, match, outline.
+    Like ``partition_for_cmsisnn`` / ``partition_for_tensorrt``: normalize, match, outline
+    (the module docstring lists the passes). The patterns come from TVM's registry, highest
+    priority first (``get_patterns_with_prefix("tvm_tiny.")``).
 
     Parameters
     ----------
@@ -55,27 +78,31 @@ def partition_for_tiny(mod: tvm.IRModule, report: PartitionReport | None = None,
     ['tvm_tiny_mhsa_0']
     """
     original = mod
-    # int8 weights of QDQ graphs, recorded before FoldConstant turns them into float constants.
-    canonicalize = CanonicalizeSelfAttention(QuantizedConstants.collect(mod))
-    mod = tvm.transform.Sequential([
-        relax.transform.FoldConstant(),
-        canonicalize,
-        relax.transform.DeadCodeElimination(),
-    ])(mod)
-    mod = relax.transform.FuseOpsByPattern(
-        tiny_patterns(canonicalize.is_approved, sparse), bind_constants=True,
-        annotate_codegen=True
-    )(mod)
-    mod, names = _rename_offloaded(mod)
+    canonicalize = CanonicalizeSelfAttention()
+    # FoldConstant legalizes every call to see whether it folds, so TVM logs its "Fast mode"
+    # warning once per Gather-made take; that line alone is dropped (tvm_tiny.ir.native_log).
+    with quiet_take_fast_mode():
+        mod = tvm.transform.Sequential([
+            FoldConstantExceptInt8Weights(int8_matmul_weights),
+            canonicalize,
+            FoldConstantExceptInt8Weights(canonical_int8_weights, refold=True),
+            relax.transform.DeadCodeElimination(),
+        ])(mod)
+    patterns = [p for p in get_patterns_with_prefix(PATTERN_PREFIX)
+                if sparse or p.name != LINEAR_SPARSE_COMPOSITE]
+    mod = relax.transform.FuseOpsByPattern(patterns, bind_constants=True,
+                                           annotate_codegen=True)(mod)
     rejected = list(canonicalize.rejections)
-    mhsa_names = [gv.name_hint for gv in mhsa_functions(mod)]
-    if len(mhsa_names) != len(canonicalize.approved):
+    unclaimed = unclaimed_marks(mod, offloaded_functions(mod))
+    if unclaimed:
         # A canonicalized region no pattern claimed would run as the canonical chain, whose
         # rounding can differ from the exported graph's: keep the model as it was instead.
         rejected.append(
-            f"internal: {len(canonicalize.approved)} attention(s) canonicalized but "
-            f"{len(mhsa_names)} matched by the tvm_tiny patterns; the whole model is left to TVM")
+            f"internal: {unclaimed} of {count_marks(mod)} canonicalized attention(s) not "
+            "matched by the tvm_tiny patterns; the whole model is left to TVM")
         mod, names = original, []
+    else:
+        mod, names = _rename_offloaded(RemoveProofMarks()(mod))
     if report is not None:
         report.offloaded.extend(names)
         report.rejected.extend(rejected)

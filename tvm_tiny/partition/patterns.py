@@ -1,24 +1,40 @@
-"""Relax dataflow patterns of the operations tvm_tiny offloads (composite ``tvm_tiny.<op>``).
+"""Relax dataflow patterns of the operations tvm_tiny offloads, in TVM's pattern registry.
 
-Naming contract: composite ``tvm_tiny.mhsa`` ↔ kernel ``tt_mhsa_<dtype>`` (``codegen.py`` holds the
-one composite → emitter table). The MHSA pattern is the *canonical* form written by
-``canonicalize.CanonicalizeSelfAttention``; exporter variants are normalized before matching, so
-one pattern serves every export style. Later entries in ``tiny_patterns()`` have lower priority.
+Naming contract: composite ``tvm_tiny.<op>`` ↔ kernel ``tt_<op>_<type>`` (``codegen/ext.py`` holds
+the one composite → emitter table). The MHSA patterns match the *canonical* chains written by
+``canonicalize.CanonicalizeSelfAttention``, and only those it proved: their checks require the
+chain's input to be a proof mark (``proof_mark.py``). Exporter variants are normalized before
+matching, so one pattern per dtype serves every export style.
+
+Registration happens once, when this module is imported (the only work done at import), with
+TVM's ``register_patterns``: later entries have higher priority, so the fused MHSA patterns,
+which contain the linear pattern's ops, come after it and win where both match.
+``partition_for_tiny`` looks them up with ``get_patterns_with_prefix(PATTERN_PREFIX)``, highest
+priority first, as ``relax/backend/contrib/tensorrt.py`` does.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-
 import numpy as np
-from tvm.relax import Expr
-from tvm.relax.backend.pattern_registry import register_patterns
+import tvm
+from tvm import relax
+from tvm.relax.backend.pattern_registry import Pattern, register_patterns
 from tvm.relax.backend.utils import has_leaking_intermediate_variables
 from tvm.relax.dpl import DFPattern, is_const, is_op, wildcard
-from tvm.relax.transform import FusionPattern, PatternCheckContext
+from tvm.relax.transform import PatternCheckContext
 
+from tvm_tiny.ir.enums import DType
+from tvm_tiny.ir.relax_compat import constant_value, is_constant, static_shape
 from tvm_tiny.ir.sparse import csr_bytes
+from tvm_tiny.partition.proof_mark import is_proof_mark
+
+CODEGEN_NAME = "tvm_tiny"
+"""The ``Codegen`` attribute of offloaded functions: ``relax.ext.tvm_tiny`` generates them."""
+
+PATTERN_PREFIX = f"{CODEGEN_NAME}."
+"""Every tvm_tiny composite name starts with it (and no other backend's does)."""
+
+_QUANTIZE = tvm.ir.Op.get("relax.quantize")
 
 MHSA_COMPOSITE = "tvm_tiny.mhsa"
 MHSA_S8_COMPOSITE = "tvm_tiny.mhsa_s8"
@@ -109,25 +125,27 @@ def make_mhsa_s8_pattern() -> tuple[DFPattern, dict[str, DFPattern]]:
     return out, annotations
 
 
-def _check_mhsa(context: PatternCheckContext, is_approved: Callable[[Expr], bool] | None) -> bool:
+def _check_mhsa(context: PatternCheckContext) -> bool:
+    """A canonical float32 MHSA that ``CanonicalizeSelfAttention`` proved."""
+    # The canonical form also occurs verbatim in onnx.helper graphs, near misses included (a
+    # weight shared with another layer): only a chain reading a proof mark was proved.
+    if not is_proof_mark(context.annotated_expr["x"]):
+        return False
     # An intermediate (e.g. the attention probabilities) read outside the region would lose its
     # producer once the region becomes one kernel: keep such graphs with TVM.
     if has_leaking_intermediate_variables(context):
         return False
-    if str(context.annotated_expr["x"].ty.dtype) != "float32":
-        return False  # the float kernel; int8 regions match the mhsa_s8 pattern instead
-    # The canonical form also occurs verbatim in onnx.helper graphs. Only regions that
-    # CanonicalizeSelfAttention proved (no shared weights, no leaks, batch 1) are offloaded.
-    return is_approved is None or is_approved(context.annotated_expr["scale"])
+    # The float kernel; int8 regions match the mhsa_s8 pattern instead.
+    return str(context.annotated_expr["x"].ty.dtype) == DType.FLOAT32
 
 
-def _check_mhsa_s8(context: PatternCheckContext,
-                   is_approved: Callable[[Expr], bool] | None) -> bool:
+def _check_mhsa_s8(context: PatternCheckContext) -> bool:
+    """A canonical int8 MHSA that ``CanonicalizeSelfAttention`` proved (see :func:`_check_mhsa`)."""
+    if not is_proof_mark(context.annotated_expr["xq"]):
+        return False
     if has_leaking_intermediate_variables(context):
         return False
-    if str(context.annotated_expr["xq"].ty.dtype) != "int8":
-        return False
-    return is_approved is None or is_approved(context.annotated_expr["scale"])
+    return str(context.annotated_expr["xq"].ty.dtype) == DType.INT8
 
 
 def make_linear_sparse_pattern() -> tuple[DFPattern, dict[str, DFPattern]]:
@@ -148,12 +166,11 @@ def sparse_stored_bytes(nnz: int, k: int, n: int) -> int:
 def _check_linear_sparse(context: PatternCheckContext) -> bool:
     """Offload a float32 linear layer only when its pruned weight is smaller stored sparse.
 
-    Dense weights never match, so models without pruned layers are unaffected. Not gated by the
-    canonicalizer's approval (that is for MHSA regions); MHSA regions are claimed first because
-    their patterns come earlier in ``tiny_patterns``.
+    Dense weights never match, so models without pruned layers are unaffected. Not gated by a
+    proof mark (that is for MHSA regions); MHSA regions are claimed first because their patterns
+    have the higher priority (:func:`tiny_patterns`).
     """
-    from tvm_tiny.ir.relax_compat import constant_value, is_constant, static_shape
-
+    # An intermediate read outside the region would lose its producer: keep it with TVM.
     if has_leaking_intermediate_variables(context):
         return False
     x, w = context.annotated_expr["x"], context.annotated_expr["w"]
@@ -161,12 +178,12 @@ def _check_linear_sparse(context: PatternCheckContext) -> bool:
     x_shape, w_shape = static_shape(x), static_shape(w)
     if x_shape is None or w_shape is None or len(x_shape) < 1 or len(w_shape) != 2:
         return False
-    if str(x.ty.dtype) != "float32" or str(w.ty.dtype) != "float32":
+    if str(x.ty.dtype) != DType.FLOAT32 or str(w.ty.dtype) != DType.FLOAT32:
         return False
     k, n = w_shape
     if x_shape[-1] != k or k < 1 or n < 1:
         return False
-    if b is not None and (not is_constant(b) or str(b.ty.dtype) != "float32"
+    if b is not None and (not is_constant(b) or str(b.ty.dtype) != DType.FLOAT32
                           or static_shape(b) != (n,)):
         return False  # a broadcast [.., N] bias is not a per-output bias
     if not is_constant(w):
@@ -178,33 +195,40 @@ def _check_linear_sparse(context: PatternCheckContext) -> bool:
     return sparse_stored_bytes(nnz, k, n) < 4 * k * n
 
 
-def tiny_patterns(is_approved: Callable[[Expr], bool] | None = None,
-                  sparse: bool = True) -> list[FusionPattern]:
-    """All tvm_tiny patterns, highest priority first (pure: builds, registers nothing).
+def tiny_patterns() -> list[Pattern]:
+    """All tvm_tiny patterns in registration order: later entries have higher priority (pure:
+    builds, registers nothing).
 
-    ``is_approved(scale_constant)`` restricts the MHSA patterns to regions the canonicalizer
-    proved; ``partition_for_tiny`` passes it. The sparse linear pattern does not use it: it
-    matches by the sparsity of its constant weight alone. Without ``is_approved`` only the
-    structural checks apply. ``sparse=False`` leaves the pruned linear layers to TVM (dense).
+    The int8 MHSA chain contains the float chain's ops plus Q/DQ and the MHSA chains contain the
+    linear pattern's projections, so the order is linear, float MHSA, int8 MHSA: a QDQ region is
+    claimed whole by the int8 pattern and no projection of an attention by the linear one.
+    Tuples rather than ``FusionPattern`` objects, because TVM's ``atexit`` cleanup of the
+    registry only tracks patterns registered as tuples.
     """
-    check = functools.partial(_check_mhsa, is_approved=is_approved)
-    mhsa_s8, s8_annotations = make_mhsa_s8_pattern()
-    mhsa, annotations = make_mhsa_pattern()
-    linear, linear_annotations = make_linear_sparse_pattern()
-    # The int8 chain contains the float chain's ops plus Q/DQ; it is listed first so a QDQ
-    # region is claimed whole by the int8 pattern.
-    found = [
-        FusionPattern(MHSA_S8_COMPOSITE, mhsa_s8, s8_annotations, functools.partial(
-            _check_mhsa_s8, is_approved=is_approved)),
-        FusionPattern(MHSA_COMPOSITE, mhsa, annotations, check),
+    return [
+        (LINEAR_SPARSE_COMPOSITE, *make_linear_sparse_pattern(), _check_linear_sparse),
+        (MHSA_COMPOSITE, *make_mhsa_pattern(), _check_mhsa),
+        (MHSA_S8_COMPOSITE, *make_mhsa_s8_pattern(), _check_mhsa_s8),
     ]
-    if sparse:
-        # After the MHSA patterns: their projections are claimed by the MHSA regions first.
-        found.append(FusionPattern(LINEAR_SPARSE_COMPOSITE, linear, linear_annotations,
-                                   _check_linear_sparse))
+
+
+def canonical_int8_weights(func: relax.Function) -> list[relax.Var]:
+    """The weight ``dequantize`` vars of every proved canonical int8 MHSA of ``func`` (the
+    regions the ``tvm_tiny.mhsa_s8`` pattern matches at a proof mark): the partitioner's second
+    constant fold must leave them, the kernel reads their int8 constants."""
+    pattern, annotations = make_mhsa_s8_pattern()
+    found: list[relax.Var] = []
+    for block in func.body.blocks:
+        var2val = {b.var: b.value for b in block.bindings}
+        var_of = {value: var for var, value in var2val.items()}
+        for value in var2val.values():
+            if not (isinstance(value, relax.Call) and value.op.same_as(_QUANTIZE)):
+                continue  # the root of the int8 chain is its output quantize
+            matched = pattern.extract_matched_expr(value, var2val)
+            if matched is None or not is_proof_mark(matched[annotations["xq"]]):
+                continue
+            found += [var_of[matched[annotations[w]]] for w in ("wq", "wk", "wv", "wo")]
     return found
 
 
-def register_tiny_patterns() -> None:
-    """Register the patterns in TVM's registry (``get_patterns_with_prefix("tvm_tiny")``)."""
-    register_patterns(tiny_patterns())
+register_patterns(tiny_patterns())

@@ -3,8 +3,9 @@
 A :class:`Board` names its cores (ISA, count), SIMD features, memories (name, origin on the real
 part, size, and where the emulator maps it), where code, data and the stack go, the cross
 toolchain's argv flags, the TVM ``c`` target attributes, and the QEMU machine that runs it
-(DESIGN.md §4). Nothing here runs a tool; :mod:`tvm_tiny.firmware.project` renders linker scripts and
-Makefiles from these records and :mod:`tvm_tiny.firmware.qemu` runs them.
+(DESIGN.md §4). Nothing here runs a tool; :mod:`tvm_tiny.firmware.builder` derives the firmware
+flags, :mod:`tvm_tiny.firmware.linker` the linker scripts from these records, and
+:mod:`tvm_tiny.firmware.qemu` runs them.
 
 The emulated machines are much larger than the real parts, so the linker scripts carry the real
 memory SIZES (a model that does not fit fails to link) at emulator ADDRESSES: the Cortex-M parts

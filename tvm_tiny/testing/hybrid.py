@@ -16,7 +16,8 @@ int8 is post-training static QDQ through :func:`tvm_tiny.quantize`, not QAT):
   BatchNorm as Mul/Add) -> ReLU -> Conv3x3``. Every step uses the SAME initializers (one set of
   weight tensors referenced by every step's nodes): the shared-weight backbone;
 * **attention**: the feature map flattened to ``grid*grid`` tokens of ``channels`` channels, then
-  post-LN encoder layers (:func:`tvm_tiny.testing.networks._encoder_layers`: MHSA, LayerNorm, GELU FFN);
+  post-LN encoder layers (:func:`tvm_tiny.testing.networks._encoder_layers`: MHSA, LayerNorm,
+  GELU FFN);
   each MHSA is offloaded to tvm_tiny's kernels, the convolutions go through TVM;
 * **classifier**: mean pooling over tokens and a linear layer (MatMul + Add).
 

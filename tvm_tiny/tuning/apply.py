@@ -8,11 +8,11 @@ the best record is the lowest mean cost among ``error_no == 0`` whose knob value
 today's config space on this board.
 
 The kernel variant (register tile, FMA; :class:`~tvm_tiny.ir.kernel_config.KernelVariant`) is
-compiled once per firmware, so all MHSAs of a model share one: the variant with the lowest total of its best
-records over the tuned workloads among the variants every tuned workload has a record for,
-each MHSA then taking its best record with that variant; when no variant covers every tuned
-workload, the default variant and each workload's best record with it (else its default
-config). An MHSA without records runs its default config with the model's variant.
+compiled once per firmware, so all MHSAs of a model share one: the variant with the lowest
+total of its best records over the tuned workloads among the variants every tuned workload has
+a record for, each MHSA then taking its best record with that variant; when no variant covers
+every tuned workload, the default variant and each workload's best record with it (else its
+default config). An MHSA without records runs its default config with the model's variant.
 """
 
 from __future__ import annotations

@@ -6,12 +6,12 @@ what ``build`` emits) as its own kernel instance with a distinct symbol
 instance in turn between ``tt_window_begin()`` / ``tt_window_end()`` and writes its output; QEMU
 with ``-icount shift=0`` and the ``wincount`` plugin counts the INSTRUCTIONS of each window (not
 cycles). Every output is checked against the float64 numpy reference
-(:func:`tvm_tiny.ir.mhsa.reference_mhsa_f32`).
+(:func:`tvm_tiny.reference.mhsa_f32.reference_mhsa_f32`).
 
 On a cluster board (GAP9) the instance calls ``tt_mhsa_f32_cluster`` like the build does; the
 cores run one after another (portable port) and each core's task is a window, so the cost is
 the MODELLED parallel latency (slowest core per fork plus the assumed fork/join cost, as
-:class:`tvm_tiny.firmware.qemu.ClusterModel`).
+:class:`tvm_tiny.firmware.runner.ClusterModel`).
 
 A config that cannot be instantiated, does not compile or link, returns an error status, hangs
 or computes a wrong answer gets a result with an AutoTVM error number; the others of its batch
@@ -34,10 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
+from tvm_tiny.codegen.kernel import GeneratedKernel
 from tvm_tiny.codegen.mhsa_f32 import emit_mhsa_f32
 from tvm_tiny.ir.errors import TinyError, ToolchainError
-from tvm_tiny.ir.mhsa import reference_mhsa_f32
 from tvm_tiny.partition.describe import MhsaDescriptor
+from tvm_tiny.reference.mhsa_f32 import reference_mhsa_f32
 from tvm_tiny.tuning.firmware import (
     Firmware,
     compile_firmware,
@@ -55,8 +56,8 @@ COST_UNIT = "instructions"
 #: Output check: max |y - ref| <= OUTPUT_TOL * max(1, max |ref|). The kernel rounds in float32
 #: through chained dot products and expf (a few 1e-6 relative at these sizes); FWSA adds one
 #: rounding of the fused weights. 1e-4 is the build's own board-vs-host tolerance
-#: (tvm_tiny.firmware.project.OUTPUT_ATOL) and leaves a wide margin, while a layout or tiling slip gives
-#: O(1) errors.
+#: (tvm_tiny.firmware.project.OUTPUT_ATOL) and leaves a wide margin, while a layout or tiling
+#: slip gives O(1) errors.
 OUTPUT_TOL = 1e-4
 
 #: Code memory kept free for the harness, kernel library, libc and the runtime when packing the
@@ -133,7 +134,7 @@ def measure_input(task: TuningTask, seed: int) -> np.ndarray:
 
 
 # -- firmware sources ---------------------------------------------------------------------------
-def _instance(task: TuningTask, space: ConfigSpace, entity: ConfigEntity):  # noqa: ANN202
+def _instance(task: TuningTask, space: ConfigSpace, entity: ConfigEntity) -> GeneratedKernel:
     """The code generator's C instance of one config (a ``GeneratedKernel``)."""
     desc = MhsaDescriptor(f"cfg{entity.index}", task.shape, task.weights, task.workload.dtype)
     return emit_mhsa_f32(desc, entity.kernel_config(), "tune",
@@ -141,27 +142,22 @@ def _instance(task: TuningTask, space: ConfigSpace, entity: ConfigEntity):  # no
 
 
 def _measure_firmware(task: TuningTask, space: ConfigSpace, entities: list[ConfigEntity],
-                      kernels: dict[int, object], x: np.ndarray, reference: np.ndarray,
+                      kernels: dict[int, GeneratedKernel], x: np.ndarray, reference: np.ndarray,
                       options: MeasureOptions, counter: list[int]) -> dict[int, MeasureResult]:
     """Build and run one firmware for ``entities``; failures are narrowed down recursively."""
     if not entities:
         return {}
-    board = space.board
     fw = firmware_sources(task, space, entities, kernels)
     results: dict[int, MeasureResult] = {}
     with tempfile.TemporaryDirectory(prefix="tvm_tiny_tune_") as tmp:
         directory = Path(tmp)
-        for rel, text in fw.files.items():
-            path = directory / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
         counter[0] += 1
         try:
-            compile_firmware(board, directory, fw, options.timeout_s)
+            compile_firmware(fw, directory, options.timeout_s)
         except ToolchainError as err:
             return _narrow_build_failure(task, space, entities, kernels, x, reference, options,
                                          counter, directory, fw, err)
-        run = emulate(board, directory, x, options.timeout_s)
+        run = emulate(fw, directory, x, options.timeout_s)
         costs = window_costs(fw, run.windows)
         shape = task.shape
         scale = max(1.0, float(np.abs(reference).max()))
@@ -173,10 +169,10 @@ def _measure_firmware(task: TuningTask, space: ConfigSpace, entities: list[Confi
                 results[entity.index] = _error(entity.index, MeasureErrorNo.RUNTIME_DEVICE,
                                                f"kernel returned status {status}")
                 continue
-            y_path = directory / "run" / f"y{k}.bin"
-            if k not in costs or not y_path.exists():
+            y_file = run.outputs.get(f"y{k}.bin")
+            if k not in costs or y_file is None:
                 continue  # measured again below
-            y = np.fromfile(y_path, dtype=np.float32).reshape(shape.seq, shape.out_features)
+            y = np.frombuffer(y_file, dtype=np.float32).reshape(shape.seq, shape.out_features)
             err = float(np.max(np.abs(y.astype(np.float64) - reference)))
             if not err <= OUTPUT_TOL * scale:  # NaN fails too
                 results[entity.index] = MeasureResult(
@@ -213,14 +209,14 @@ def _measure_firmware(task: TuningTask, space: ConfigSpace, entities: list[Confi
 
 
 def _narrow_build_failure(task: TuningTask, space: ConfigSpace, entities: list[ConfigEntity],
-                          kernels: dict[int, object], x: np.ndarray, reference: np.ndarray,
+                          kernels: dict[int, GeneratedKernel], x: np.ndarray, reference: np.ndarray,
                           options: MeasureOptions, counter: list[int], directory: Path,
                           fw: Firmware, err: ToolchainError) -> dict[int, MeasureResult]:
     """A batch that does not build: blame instances that do not compile alone; then split."""
     results: dict[int, MeasureResult] = {}
     rest = []
     for entity in entities:
-        message = compile_instance(space.board, directory, entity)
+        message = compile_instance(fw, directory, entity)
         if message is not None:
             results[entity.index] = _error(entity.index, MeasureErrorNo.COMPILE_DEVICE, message)
         else:
@@ -279,7 +275,7 @@ def measure_batch(task: TuningTask, indices: list[int],
     try:
         if board.is_host or board.emulator is None:
             raise TinyError(f"target '{board.name}' has no emulator to count instructions on")
-        kernels: dict[int, object] = {}
+        kernels: dict[int, GeneratedKernel] = {}
         runnable: list[ConfigEntity] = []
         for index in dict.fromkeys(indices):
             try:

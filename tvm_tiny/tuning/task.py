@@ -21,13 +21,14 @@ from typing import Any
 import numpy as np
 
 from tvm_tiny.frontend.importer import to_relax
+from tvm_tiny.ir.enums import DType
 from tvm_tiny.ir.mhsa import KernelConfig, MhsaShape, MhsaWeights, is_pruned
 from tvm_tiny.partition.describe import describe_mhsa, offloaded_symbol
 from tvm_tiny.partition.partitioner import mhsa_functions, partition_for_tiny
 from tvm_tiny.targets.boards import Board, get_board
 
 #: Task name per dtype: the library kernel measured (``kernels/mhsa/tt_mhsa_<type>.c``).
-TASK_NAMES = {"float32": "tt_mhsa_f32"}
+TASK_NAMES = {DType.FLOAT32: "tt_mhsa_f32"}
 
 
 @dataclass(frozen=True)
@@ -37,14 +38,14 @@ class Workload:
     nonzeros). Dense layers carry ``nnz=None``, so their keys are those of earlier logs."""
 
     shape: MhsaShape
-    dtype: str = "float32"
+    dtype: DType = DType.FLOAT32
     nnz: tuple[int, int, int, int] | None = None
 
     @staticmethod
-    def of_layer(shape: MhsaShape, dtype: str, weights: MhsaWeights | None) -> Workload:
+    def of_layer(shape: MhsaShape, dtype: DType, weights: MhsaWeights | None) -> Workload:
         """The workload of one layer: ``nnz`` set only when float32 ``weights`` are pruned
         enough for a matrix to be stored row-compressed (``mhsa_weights.is_pruned``)."""
-        if dtype != "float32" or weights is None or not is_pruned(weights, shape):
+        if dtype != DType.FLOAT32 or weights is None or not is_pruned(weights, shape):
             return Workload(shape, dtype)
         counts = tuple(int(np.count_nonzero(w))
                        for w in (weights.wq, weights.wk, weights.wv, weights.wo))
@@ -92,7 +93,7 @@ class Workload:
         if nnz is not None and not (isinstance(nnz, list) and len(nnz) == 4 and all(
                 isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in nnz)):
             raise ValueError(f"MHSA task kwargs nnz {nnz!r} is not four non-negative counts")
-        return Workload(MhsaShape(*dims), dtype, None if nnz is None else tuple(nnz))
+        return Workload(MhsaShape(*dims), DType(dtype), None if nnz is None else tuple(nnz))
 
     def describe(self) -> str:
         s = self.shape
