@@ -128,15 +128,20 @@ def braced_items(items: Sequence[str], indent: int = CONTINUATION_INDENT) -> str
     pad = " " * indent
     if len(cells) < 5:
         return "\n".join(pad + c for c in cells)
-    lengths = [len(c) for c in cells]
+    lengths = np.array([len(c) for c in cells], dtype=np.int64)
     candidates = []
     for columns in range(1, COLUMN_LIMIT // 3 + 1):
         if len(cells) < columns:
             break
-        widths, narrowest = [0] * columns, [COLUMN_LIMIT] * columns
-        for k, length in enumerate(lengths):
-            widths[k % columns] = max(widths[k % columns], length)
-            narrowest[k % columns] = min(narrowest[k % columns], length)
+        # Column k holds items k, k + columns, ...: pad to whole rows (padding never wins a
+        # max or a min) and reduce each column at once; arrays of 10^5 weights stay fast.
+        rows = -(-len(cells) // columns)
+        padded_max = np.full(rows * columns, -1, dtype=np.int64)
+        padded_min = np.full(rows * columns, COLUMN_LIMIT, dtype=np.int64)
+        padded_max[:len(cells)] = lengths
+        padded_min[:len(cells)] = lengths
+        widths = [int(w) for w in padded_max.reshape(rows, columns).max(axis=0)]
+        narrowest = [int(w) for w in padded_min.reshape(rows, columns).min(axis=0)]
         if any(widths[c] - narrowest[c] > 10 for c in range(columns - 1)):
             continue
         total = sum(widths) + columns - 1

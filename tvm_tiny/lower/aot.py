@@ -456,11 +456,13 @@ class AotEmitter:
         and size macros the entry point uses."""
         holds = {buf: self._holds(storage) for storage, buf in enumerate(storage_buffer)
                  if buf >= 0}
-        rows = [("buffer", "offset", "bytes", "first", "last", "holds")]
+        # The numbers come first and the (possibly long) buffer name last, so that a name cut
+        # to the comment's width never hides an offset or a size.
+        rows = [("buffer", "offset", "bytes", "first", "last", "name: holds")]
         for k, (b, off) in enumerate(zip(planner.buffers, offsets)):
             what = holds.get(k, "TIR workspace" if b.name.endswith(".workspace") else "scratch")
-            rows.append((f"BUF{k} {b.name}", str(off), str(b.size), str(b.first_use),
-                         str(b.last_use), what))
+            rows.append((f"BUF{k}", str(off), str(b.size), str(b.first_use),
+                         str(b.last_use), f"{b.name}: {what}"))
         widths = [max(len(r[c]) for r in rows) for c in range(5)]
         table = ["  ".join(r[c].ljust(widths[c]) if c == 0 else r[c].rjust(widths[c])
                            for c in range(5)) + "  " + r[5] for r in rows]
