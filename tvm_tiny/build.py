@@ -20,6 +20,7 @@ from tvm_tiny.codegen.variant import CONFIG_HEADER, config_header
 from tvm_tiny.firmware.model import profiled_sources
 from tvm_tiny.frontend.importer import ModelLike, to_relax
 from tvm_tiny.ir.cformat import c_identifier
+from tvm_tiny.ir.enums import StepKind
 from tvm_tiny.ir.kernel_config import KernelChoice, KernelVariant
 from tvm_tiny.ir.provenance import UNKNOWN, Provenance, build_call, initializer_names, model_sha256
 from tvm_tiny.ir.version import __version__
@@ -255,7 +256,7 @@ def _metadata(compiled: CompiledGraph, profile: Board, name: str,
         "steps": [{"name": s.name, "kind": s.kind} for s in aot.steps],
         "tvm_functions": [
             {"name": s.name, "workspace_bytes": s.scratch_bytes}
-            for s in aot.steps if s.kind == "tir"
+            for s in aot.steps if s.kind == StepKind.TIR
         ],
         "memory_plan": aot.buffers,
         "arena_usage_by_step": aot.usage_by_step,

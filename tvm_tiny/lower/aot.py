@@ -42,6 +42,7 @@ from tvm_tiny.ir.cformat import (
     format_call,
     format_signature,
 )
+from tvm_tiny.ir.enums import StepKind, TensorKind
 from tvm_tiny.ir.errors import LoweringError, MemoryPlanError
 from tvm_tiny.ir.provenance import UNKNOWN, Provenance, c_block_comment
 from tvm_tiny.ir.relax_compat import constant_value, is_constant, shape_expr_values, static_shape
@@ -67,7 +68,7 @@ class ExternKernel:
 class TensorRef:
     """Where a tensor's bytes live: a model input/output, an arena storage or a constant."""
 
-    kind: str  # "input" | "output" | "storage" | "const"
+    kind: TensorKind
     index: int
     byte_offset: int
     shape: tuple[int, ...]
@@ -82,7 +83,7 @@ class TensorRef:
 class Step:
     """One kernel call of the entry point."""
 
-    kind: str  # "tir" | "extern"
+    kind: StepKind
     name: str
     c_function: str
     args: list[TensorRef]
@@ -140,7 +141,7 @@ class _MainWalker:
                 raise LoweringError(f"main parameter '{param.name}' has no static shape")
             dtype = str(param.ty.dtype)
             self.inputs.append(TensorSpec(c_identifier(param.name), shape, dtype))
-            self.tensors[param] = TensorRef("input", i, 0, shape, dtype)
+            self.tensors[param] = TensorRef(TensorKind.INPUT, i, 0, shape, dtype)
         body = func.body
         for block in body.blocks:
             for binding in block.bindings:
@@ -157,7 +158,7 @@ class _MainWalker:
             index = len(self.constants) - 1
         i = index
         value = self.constants[i][1]
-        return TensorRef("const", i, 0, tuple(value.shape), str(value.dtype))
+        return TensorRef(TensorKind.CONST, i, 0, tuple(value.shape), str(value.dtype))
 
     def _tensor_arg(self, arg: relax.Expr, where: str) -> TensorRef:
         if is_constant(arg):
@@ -188,7 +189,7 @@ class _MainWalker:
             if name not in self.tir_symbols:
                 raise LoweringError(f"main calls '{name}', which is not a compiled PrimFunc")
             args = [self._tensor_arg(a, f"call of {name}") for a in value.args]
-            self.steps.append(Step("tir", name, f"__tvm_ffi_{self.tir_symbols[name]}", args,
+            self.steps.append(Step(StepKind.TIR, name, f"__tvm_ffi_{self.tir_symbols[name]}", args,
                                    self.workspace.get(name, 0)))
         else:
             raise LoweringError(f"unsupported callee in lowered main: {op}")
@@ -203,7 +204,7 @@ class _MainWalker:
             offset = int(call.args[1].value)
             shape = shape_expr_values(call.args[2])
             dtype = str(call.args[3].value)
-            self.tensors[var] = TensorRef("storage", storage, offset, shape, dtype)
+            self.tensors[var] = TensorRef(TensorKind.STORAGE, storage, offset, shape, dtype)
         elif name in ("relax.vm.kill_object", "relax.null_value"):
             return
         elif name == "relax.call_packed":
@@ -222,7 +223,7 @@ class _MainWalker:
         if symbol in self.externs:
             kernel = self.externs[symbol]
             args = [self._tensor_arg(a, f"call of {symbol}") for a in call.args]
-            self.steps.append(Step("extern", symbol, kernel.c_function, args,
+            self.steps.append(Step(StepKind.EXTERN, symbol, kernel.c_function, args,
                                    kernel.scratch_bytes))
             return
         raise LoweringError(f"packed function '{symbol}' has no implementation in tvm_tiny")
@@ -230,7 +231,7 @@ class _MainWalker:
 
 def _status_text(kind: str) -> str:
     """How the error message of a failed step names its kernel."""
-    return "TIR kernel" if kind == "tir" else "offloaded kernel"
+    return "TIR kernel" if kind == StepKind.TIR else "offloaded kernel"
 
 
 def _result_vars(result: relax.Expr) -> list[relax.Expr]:
@@ -258,7 +259,7 @@ class AotEmitter:
         """Map each returned tensor onto the caller's output buffer when its storage allows it."""
         uses: dict[int, int] = {}
         for ref in self.w.tensors.values():
-            if ref.kind == "storage":
+            if ref.kind == TensorKind.STORAGE:
                 uses[ref.index] = uses.get(ref.index, 0) + 1
         for i, expr in enumerate(_result_vars(self.w.result)):
             if not isinstance(expr, relax.Var) or expr not in self.w.tensors:
@@ -266,7 +267,7 @@ class AotEmitter:
             ref = self.w.tensors[expr]
             name = "output" if len(_result_vars(self.w.result)) == 1 else f"output{i}"
             self.outputs.append(TensorSpec(name, ref.shape, ref.dtype))
-            if ref.kind != "storage":
+            if ref.kind != TensorKind.STORAGE:
                 raise LoweringError(
                     f"model output {i} is a model {ref.kind} passed through unchanged; "
                     "tvm_tiny needs every output to be computed by a kernel"
@@ -282,7 +283,7 @@ class AotEmitter:
         last: dict[int, int] = {}
         for step_index, step in enumerate(self.w.steps):
             for ref in step.args:
-                if ref.kind == "storage":
+                if ref.kind == TensorKind.STORAGE:
                     first.setdefault(ref.index, step_index)
                     last[ref.index] = step_index
         # Outputs copied out at the end stay alive until then.
@@ -303,7 +304,7 @@ class AotEmitter:
         scratch_buffer = []
         for step_index, step in enumerate(self.w.steps):
             if step.scratch_bytes > 0:
-                label = "scratch" if step.kind == "extern" else "workspace"
+                label = "scratch" if step.kind == StepKind.EXTERN else "workspace"
                 scratch_buffer.append(planner.add_buffer(
                     f"{step.name}.{label}", step.scratch_bytes, step_index, step_index))
             else:
@@ -318,9 +319,9 @@ class AotEmitter:
         return f"{self.upper}_BUF{buffer}_BYTES"
 
     def _data_expr(self, ref: TensorRef, storage_buffer: list[int]) -> str:
-        if ref.kind == "input":
+        if ref.kind == TensorKind.INPUT:
             return f"(void *)(uintptr_t)inputs->{self.w.inputs[ref.index].name}"
-        if ref.kind == "const":
+        if ref.kind == TensorKind.CONST:
             return f"(void *)(uintptr_t){self.prefix}_const_{ref.index}"
         if ref.index in self.output_storage:
             out = self.outputs[self.output_storage[ref.index]].name
@@ -342,7 +343,7 @@ class AotEmitter:
         for storage, size in enumerate(self.w.storage_sizes):
             if size > MAX_BYTES:
                 shapes = [list(r.shape) for r in self.w.tensors.values()
-                          if r.kind == "storage" and r.index == storage]
+                          if r.kind == TensorKind.STORAGE and r.index == storage]
                 raise MemoryPlanError(
                     f"intermediate storage {storage} (tensors {shapes[:2]}) is {size} bytes; "
                     f"tvm_tiny's generated C uses 32-bit offsets (at most {MAX_BYTES} bytes)")
@@ -431,8 +432,8 @@ class AotEmitter:
                          params_bytes, self.w.steps, buffers, planner.usage_by_step())
 
     def _emit_decls(self) -> str:
-        externs = sorted({s.c_function for s in self.w.steps if s.kind == "extern"})
-        tirs = sorted({s.c_function for s in self.w.steps if s.kind == "tir"})
+        externs = sorted({s.c_function for s in self.w.steps if s.kind == StepKind.EXTERN})
+        tirs = sorted({s.c_function for s in self.w.steps if s.kind == StepKind.TIR})
         decls = [format_signature(f"int32_t {fn}", ["const void *const *args", "void *const *outs",
                                                "uint8_t *scratch", "int32_t scratch_bytes"])
                  for fn in externs]
@@ -444,7 +445,7 @@ class AotEmitter:
         """What a storage holds, for the plan table: its tensors' types (first three)."""
         seen: list[str] = []
         for ref in self.w.tensors.values():
-            if ref.kind == "storage" and ref.index == storage:
+            if ref.kind == TensorKind.STORAGE and ref.index == storage:
                 text = f"{ref.dtype}{list(ref.shape)}".replace(" ", "")
                 if text not in seen:
                     seen.append(text)
@@ -487,7 +488,7 @@ class AotEmitter:
     def _emit_backend(self) -> str:
         """The TVM backend functions of this model (renamed in its TIR source, see
         ``relax_to_c.BACKEND_FUNCTIONS``), each using this model's context."""
-        if not any(s.kind == "tir" for s in self.w.steps):
+        if not any(s.kind == StepKind.TIR for s in self.w.steps):
             return ""
         comment = c_block_comment([
             "TVM's TIR kernels call these TVM backend functions, which take no context "
@@ -502,7 +503,7 @@ class AotEmitter:
     def _emit_step(self, i: int, step: Step, storage_buffer: list[int], scratch: int,
                    shape_name: object) -> str:
         lines = [c_comment(f"step {i}: {step.name}", 2), f"  TT_STEP_BEGIN({i});", "  {"]
-        if step.kind == "tir":
+        if step.kind == StepKind.TIR:
             if len(step.args) > MAX_PACKED_ARGS:
                 raise LoweringError(f"{step.name} takes {len(step.args)} tensors; the runtime "
                                     f"passes at most {MAX_PACKED_ARGS}")
