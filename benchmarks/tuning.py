@@ -21,6 +21,16 @@ cycles; on GAP9 the MHSA runs on the 8-core cluster model and the figure is the 
 parallel latency (slowest core per fork + an assumed fork/join cost). ``--ship`` rewrites
 ``tuning_logs/<board>.jsonl`` with the best record per (workload, kernel variant) of these
 workloads. Run: ``python benchmarks/tuning.py [--ship]``.
+
+int8 rows (``--int8``): the int8 MHSA (``tt_mhsa_s8``) of the reference networks
+(``tvm_tiny.testing.networks``, int8 QDQ, seed 0) on ``--int8-boards`` (default stm32l4). The
+space is small (even block sizes times FWSA, about 50 configs), so the exhaustive grid is
+measured outright; then XGBoost (seed 0) with ``--int8-trials`` trials measured for real, whose
+log is what ``--ship`` takes the best record per workload from. Every measured config's int8
+output equals the golden model bit for bit (``tuning.measure``); "deployed" is the MHSA's
+instructions in the network built with that log (``run_on_board``), where the network fits
+the board. int8 records leave every float32 build's config as it was (other task name).
+Run: ``python benchmarks/tuning.py --int8 [--ship]``.
 """
 
 from __future__ import annotations
@@ -36,10 +46,12 @@ import time
 from pathlib import Path
 
 import tvm_tiny
+from tvm_tiny.ir.errors import TinyError
 from tvm_tiny.targets.boards import get_board
 from tvm_tiny.targets.resources import kernels_dir, tuning_logs_dir
 from tvm_tiny.targets.toolchain import cache_dir
 from tvm_tiny.testing.models import example_inputs, mhsa_helper
+from tvm_tiny.testing.networks import NETWORKS, build_network, network_inputs
 from tvm_tiny.tuning.log import TuningRecord, encode, load_records
 from tvm_tiny.tuning.measure import MeasureErrorNo, MeasureResult
 from tvm_tiny.tuning.space import config_space
@@ -54,14 +66,21 @@ BOARDS = ["stm32h7", "gap9"]
 WITHIN = 0.05  # "within 5% of the best"
 TIGHT = 0.01  # and within 1%, where the model's advantage over random shows
 EXHAUSTIVE_LIMIT = 2000
+#: Reference networks whose int8 MHSA is tuned (--int8), and the boards.
+S8_NETWORKS = ["eegformer", "tinyradar", "deeploy_attention"]
+S8_BOARDS = ["stm32l4"]
+
+_SOURCES = {"tt_mhsa_f32": ("mhsa/tt_mhsa_f32*.c", "port/*.c", "include/tt_mhsa.h",
+                            "include/tt_status.h", "include/tt_cluster.h"),
+            "tt_mhsa_s8": ("mhsa/tt_mhsa_s8*.c", "port/*.c", "include/tt_mhsa*.h",
+                           "include/tt_simd.h", "include/tt_status.h", "include/tt_cluster.h")}
 
 
-def _sources_hash(board: str) -> str:
+def _sources_hash(board: str, kernel: str = "tt_mhsa_f32") -> str:
     """Kernel sources, board flags and the cross compiler: what the counts depend on."""
     digest = hashlib.sha256()
     root = kernels_dir()
-    for pattern in ("mhsa/tt_mhsa_f32*.c", "port/*.c", "include/tt_mhsa.h",
-                    "include/tt_status.h", "include/tt_cluster.h"):
+    for pattern in _SOURCES[kernel]:
         for path in sorted(root.glob(pattern)):
             digest.update(path.read_bytes())
     tc = get_board(board).toolchain
@@ -81,7 +100,7 @@ def exhaustive(task: TuningTask, measurer: ExecutorMeasurer, directory: Path
                ) -> tuple[dict[int, float], Path]:
     s = task.shape
     log = directory / (f"exhaustive-{task.board}-{s.seq}x{s.embed}x{s.heads}x{s.proj}-"
-                       f"{_sources_hash(task.board)}.jsonl")
+                       f"{task.workload.dtype}-{_sources_hash(task.board, task.name)}.jsonl")
     tuner = GridTuner(task)
     if len(tuner.valid) > EXHAUSTIVE_LIMIT:
         raise SystemExit(f"{task.describe()}: {len(tuner.valid)} valid configs, beyond the "
@@ -203,7 +222,8 @@ def ship(rows: list[dict[str, object]]) -> list[Path]:
         best: dict[tuple, TuningRecord] = {}
         for rec in records:
             values = rec.entity_values()
-            key = (rec.workload.key(), values["tile"], values["fma"])
+            # int8 records have no variant knobs: one best record per workload.
+            key = (rec.workload.key(), values.get("tile"), values.get("fma"))
             if key not in best or rec.mean_cost < best[key].mean_cost:
                 best[key] = rec
         target = tuning_logs_dir() / f"{board}.jsonl"
@@ -213,6 +233,99 @@ def ship(rows: list[dict[str, object]]) -> list[Path]:
         target.write_text("".join(line + "\n" for line in lines))
         written.append(target)
     return written
+
+
+def run_s8(board: str, network: str, trials: int, directory: Path,
+           measurer: ExecutorMeasurer) -> list[dict[str, object]]:
+    """The int8 MHSA workloads of one reference network on one board: exhaustive, XGBoost in
+    ``trials`` (real measurements), and the MHSAs' instructions in the tuned network."""
+    model = build_network(network, dtype="int8")
+    rows = []
+    for task in extract_tasks(model, board):
+        started = time.monotonic()
+        space = config_space(task)
+        table_, exhaustive_log = exhaustive(task, measurer, directory)
+        valid = {i: c for i, c in table_.items() if math.isfinite(c)}
+        best_index = min(valid, key=valid.__getitem__)
+        default = space.from_kernel_config(task.default_config())
+        s = task.shape
+        xgb_log = directory / f"xgb-{board}-{network}-{s.seq}x{s.embed}x{s.heads}x{s.proj}-s8.jsonl"
+        xgb_log.unlink(missing_ok=True)
+        real = tune_task(task, XGBTuner(task, 0), trials, measurer, log=xgb_log)
+        rows.append({
+            "board": board, "workload": network, "shape": [s.seq, s.embed, s.heads, s.proj],
+            "space": len(space), "valid": len(valid), "symbols": list(task.symbols),
+            "default": table_.get(default.index) if default is not None else None,
+            "default_config": str(default), "best": valid[best_index],
+            "best_config": str(space.get(best_index)), "xgb_best": real.best_cost,
+            "xgb_config": str(real.best), "xgb_trials": real.trials,
+            "logs": [str(xgb_log)], "exhaustive_log": str(exhaustive_log),
+            "seconds": round(time.monotonic() - started),
+            "modelled": get_board(board).cluster_cores > 1})
+    _deployed_s8(model, board, rows)
+    return rows
+
+
+def _deployed_s8(model: object, board: str, rows: list[dict[str, object]]) -> None:
+    """The tuned network's MHSA instructions (sum over the MHSAs of each task), or why not."""
+    for r in rows:
+        r["deployed"], r["deployed_note"] = None, ""
+    if not rows:
+        return
+    log = rows[0]["logs"][0]
+    merged = Path(str(log) + ".all")
+    merged.write_text("".join(Path(r["logs"][0]).read_text() for r in rows))
+    try:
+        lib = tvm_tiny.build(model, target=board, tuning_log=str(merged), name="tuned")
+        run = lib.run_on_board(*network_inputs(model, seed=0))
+    except TinyError as err:  # the int8 network does not fit the board (yet): say so
+        for r in rows:
+            r["deployed_note"] = str(err).splitlines()[0][:120]
+        return
+    for r in rows:
+        names = [e["name"] for e in lib.metadata["offloaded"] if e["name"] in r["symbols"]]
+        counts = (run.cluster.modelled_per_step if run.cluster else run.per_kernel)
+        r["deployed"] = sum(counts[n] for n in names) / max(1, len(names))
+        r["deployed_kernel"] = [e["kernel"] for e in lib.metadata["offloaded"]
+                                if e["name"] in r["symbols"]][0]
+
+
+def table_s8(rows: list[dict[str, object]], trials: int) -> str:
+    lines = ["| board | network (S, E, H, P) | configs (valid) | default | default config | "
+             f"exhaustive best | best config | default / best | XGBoost best in {trials} | "
+             "deployed (tuned build, per MHSA) |",
+             "|---|---|---:|---:|---|---:|---|---:|---:|---:|"]
+    for r in rows:
+        shape = ", ".join(map(str, r["shape"]))
+        default = r["default"]
+        ratio = f"{default / r['best']:.2f}x" if default else "-"
+        star = "*" if r["modelled"] else ""
+        deployed = (f"{r['deployed']:,.0f}" if r["deployed"] is not None
+                    else f"- ({r['deployed_note']})")
+        lines.append(
+            f"| {r['board']}{star} | {r['workload']} ({shape}) | {r['space']} ({r['valid']}) | "
+            f"{default:,.0f} | {r['default_config']} | {r['best']:,.0f} | {r['best_config']} | "
+            f"{ratio} | {r['xgb_best']:,.0f} | {deployed} |")
+    return "\n".join(lines)
+
+
+def main_s8(args: argparse.Namespace) -> int:
+    rows: list[dict[str, object]] = []
+    with ExecutorMeasurer(workers=args.workers) as measurer:
+        for board in args.int8_boards:
+            for network in args.networks:
+                print(f"[tuning int8] {board} {network} {NETWORKS[network]}", file=sys.stderr)
+                rows += run_s8(board, network, args.int8_trials, args.out, measurer)
+    print(f"int8 MHSA kernel tuning (tvm_tiny {tvm_tiny.__version__}; instructions counted by "
+          "QEMU, not cycles; * = GAP9 8-core cluster, MODELLED parallel latency; default = the "
+          "board default config; every measured output bit-exact with the golden model)\n")
+    print(table_s8(rows, args.int8_trials))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2, default=str))
+    if args.ship:
+        for path in ship(rows):
+            print(f"shipped {path}")
+    return 0
 
 
 def main() -> int:
@@ -225,8 +338,15 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=cache_dir() / "bench_tuning")
     parser.add_argument("--ship", action="store_true", help="rewrite tuning_logs/<board>.jsonl")
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--int8", action="store_true",
+                        help="the int8 MHSA of the reference networks instead")
+    parser.add_argument("--int8-boards", nargs="*", default=S8_BOARDS)
+    parser.add_argument("--networks", nargs="*", default=S8_NETWORKS)
+    parser.add_argument("--int8-trials", type=int, default=16)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.int8:
+        return main_s8(args)
     rows = []
     with ExecutorMeasurer(workers=args.workers) as measurer:
         for board in args.boards:

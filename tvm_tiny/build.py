@@ -80,7 +80,8 @@ class CompiledGraph:
         if self.offload is None:
             return self.aot.params_bytes
         return (self.aot.params_bytes + sum(e["params_bytes"] for e in self.offload.mhsa)
-                + sum(e["params_bytes"] for e in self.offload.sparse_linear))
+                + sum(e["params_bytes"] for e in self.offload.sparse_linear)
+                + sum(e["params_bytes"] for e in self.offload.linear_s8))
 
 
 def _lower(mod: tvm.IRModule, name: str, profile: Board, externs: dict[str, ExternKernel],
@@ -96,10 +97,11 @@ def _lower(mod: tvm.IRModule, name: str, profile: Board, externs: dict[str, Exte
 
 def _compile(mod: tvm.IRModule, name: str, profile: Board, offload_mhsa: bool,
              arena_limit: int | None, tuning_log: str | None = None,
-             sparse: bool = True, provenance: Provenance = UNKNOWN) -> CompiledGraph:
-    """Partition (optionally), generate, lower and plan one Relax module."""
-    result = offload(mod, name, profile, tuning_log, sparse, provenance) if offload_mhsa \
-        else None
+             sparse: bool = True, provenance: Provenance = UNKNOWN, integer: bool = False,
+             int8_io: bool = False) -> CompiledGraph:
+    """Partition (optionally), integerize, generate, lower and plan one Relax module."""
+    result = offload(mod, name, profile, tuning_log, sparse, provenance, integer=integer,
+                     int8_io=int8_io) if offload_mhsa else None
     aot, tir_c = _lower(result.module if result else mod, name, profile,
                         result.externs if result else {}, arena_limit, provenance)
     return CompiledGraph(aot, tir_c, result)
@@ -117,14 +119,15 @@ def layerwise_peak_bytes(composite: relax.Function, model: str, profile: Board) 
 
 
 _BUILD_DEFAULTS = {"target": "host", "offload": True, "tuning_log": None, "arena_bytes": None,
-                   "name": None, "sparse": True}
+                   "name": None, "sparse": True, "integer": False, "int8_io": False}
 """The defaults of :func:`build`'s arguments that shape the C: the provenance header names only
 those set apart from them (``compare`` changes ``metadata.json`` alone, so the C omits it)."""
 
 
 def build(model: ModelLike, target: str = "host", offload: bool = True,
           tuning_log: str | None = None, *, arena_bytes: int | None = None,
-          name: str | None = None, sparse: bool = True, compare: bool = False) -> TinyModule:
+          name: str | None = None, sparse: bool = True, compare: bool = False,
+          integer: bool = False, int8_io: bool = False) -> TinyModule:
     """Compile ``model`` into a self-contained C program for ``target``.
 
     Parameters
@@ -161,7 +164,8 @@ def build(model: ModelLike, target: str = "host", offload: bool = True,
         (about twice the build time); without it those keys are ``None``.
     """
     given = {"target": target, "offload": offload, "tuning_log": tuning_log,
-             "arena_bytes": arena_bytes, "name": name, "sparse": sparse}
+             "arena_bytes": arena_bytes, "name": name, "sparse": sparse, "integer": integer,
+             "int8_io": int8_io}
     profile = get_board(target)
     tuning_log = None if tuning_log is None else str(tuning_log)
     mod, model_name = to_relax(model)
@@ -173,7 +177,7 @@ def build(model: ModelLike, target: str = "host", offload: bool = True,
     name = c_identifier(name or model_name)
     relax_text = mod.script()
     compiled = _compile(mod, name, profile, offload, arena_bytes, tuning_log, sparse,
-                        provenance)
+                        provenance, integer, int8_io)
     aot = compiled.aot
     prefix = f"tvmtiny_{name}"
     files: dict[str, str] = {
@@ -227,6 +231,19 @@ def _variant_header(f32_choices: dict[str, KernelChoice]) -> dict[str, str]:
     return {f"runtime/include/{CONFIG_HEADER}": config_header(variant, origin)}
 
 
+def _io_entries(tensors: list[Any], qparams: list[Any]) -> list[dict[str, Any]]:
+    """``metadata["inputs"]`` / ``["outputs"]``: name, shape, dtype, and the scale and zero
+    point of an int8 tensor of ``build(..., int8_io=True)``."""
+    entries = []
+    for i, t in enumerate(tensors):
+        entry: dict[str, Any] = {"name": t.name, "shape": list(t.shape), "dtype": t.dtype}
+        qp = qparams[i] if i < len(qparams) else None
+        if qp is not None:
+            entry.update(scale=float(qp.scale), zero_point=int(qp.zero_point))
+        entries.append(entry)
+    return entries
+
+
 def _metadata(compiled: CompiledGraph, profile: Board, name: str,
               model_hash: str) -> dict[str, Any]:
     aot, result = compiled.aot, compiled.offload
@@ -244,12 +261,14 @@ def _metadata(compiled: CompiledGraph, profile: Board, name: str,
         "arena_bytes_without_reuse": aot.linear_arena_bytes,
         "params_bytes": compiled.params_bytes,
         "tvm_params_bytes": aot.params_bytes,
-        "inputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in aot.inputs],
-        "outputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype}
-                    for t in aot.outputs],
+        "inputs": _io_entries(aot.inputs, result.io.inputs if result and result.io else []),
+        "outputs": _io_entries(aot.outputs,
+                               result.io.outputs if result and result.io else []),
         "offloaded": offloaded,
         "not_offloaded": [] if result is None else result.rejected,
+        "not_integerized": [] if result is None else result.not_integerized,
         "sparse_linear": [] if result is None else result.sparse_linear,
+        "linear_s8": [] if result is None else result.linear_s8,
         "layerwise_arena_bytes": None,
         "layerwise_arena_usage_by_step": None,
         "layerwise_memory_plan": None,

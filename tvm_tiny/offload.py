@@ -19,15 +19,19 @@ from tvm import relax
 from tvm_tiny.codegen.ext import CodegenSession, describe_function
 from tvm_tiny.codegen.kernel import GeneratedKernel
 from tvm_tiny.codegen.linear import LinearDescriptor, metadata_entry
+from tvm_tiny.codegen.linear_s8 import LinearS8Descriptor, metadata_entry_s8
+from tvm_tiny.integerize.driver import IntegerizeQDQ, IOQuantization, make_io_int8
 from tvm_tiny.ir.enums import DType
 from tvm_tiny.ir.errors import CodegenError
 from tvm_tiny.ir.kernel_config import KernelChoice
 from tvm_tiny.ir.mhsa import MhsaShape, unfused_params_bytes
+from tvm_tiny.ir.native_log import quiet_take_fast_mode
 from tvm_tiny.ir.provenance import UNKNOWN, Provenance
 from tvm_tiny.lower.aot import ExternKernel
 from tvm_tiny.partition.describe import MhsaDescriptor, composite_of, offloaded_symbol
 from tvm_tiny.partition.partitioner import (
     PartitionReport,
+    linear_s8_functions,
     mhsa_functions,
     partition_for_tiny,
     sparse_linear_functions,
@@ -52,11 +56,14 @@ class OffloadResult:
     module: tvm.IRModule
     mhsa: list[dict[str, Any]] = field(default_factory=list)
     sparse_linear: list[dict[str, Any]] = field(default_factory=list)
+    linear_s8: list[dict[str, Any]] = field(default_factory=list)  # one per int8 linear layer
     externs: dict[str, ExternKernel] = field(default_factory=dict)
     library_sources: list[str] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
     composites: dict[str, relax.Function] = field(default_factory=dict)
     f32_choices: dict[str, KernelChoice] = field(default_factory=dict)
+    not_integerized: list[str] = field(default_factory=list)
+    io: IOQuantization | None = None
 
 
 def _kernel_choices(descriptors: dict[str, MhsaDescriptor], profile: Board,
@@ -118,20 +125,47 @@ def _mhsa_entry(desc: MhsaDescriptor, choice: KernelChoice, kernel: GeneratedKer
     return entry
 
 
+def integerize(mod: tvm.IRModule, int8_io: bool = False
+               ) -> tuple[tvm.IRModule, list[str], IOQuantization | None]:
+    """``IntegerizeQDQ`` on a partitioned module, then (``int8_io``) int8 inputs and outputs,
+    then the fold of the int8 weights left fake-quant: (module, not integerized, I/O params)."""
+    integerizer = IntegerizeQDQ()
+    mod = integerizer(mod)
+    io = None
+    if int8_io:
+        io = IOQuantization()
+        mod = make_io_int8(mod, io)
+    # Fold ``main`` alone: the offloaded functions are canonical chains their emitters read.
+    main = mod.get_global_var("main")
+    with quiet_take_fast_mode():
+        folded = relax.transform.FoldConstant()(tvm.IRModule({main: mod[main]}))
+    mod = mod.clone()
+    mod[main] = folded[main]
+    return mod, integerizer.not_integerized, io
+
+
 def offload(mod: tvm.IRModule, model: str, profile: Board, tuning_log: str | None = None,
-            sparse: bool = True, provenance: Provenance = UNKNOWN) -> OffloadResult:
+            sparse: bool = True, provenance: Provenance = UNKNOWN, *,
+            integer: bool = False, int8_io: bool = False) -> OffloadResult:
     """Partition ``mod`` and generate the C of every offloaded kernel, once each.
 
     Every matched MHSA becomes a ``tvm_tiny.mhsa`` / ``tvm_tiny.mhsa_s8`` kernel (config applied
     from ``tuning_log`` and the shipped logs, see :func:`_kernel_choices`), and with ``sparse``
     every pruned linear layer that is smaller row-compressed a ``tvm_tiny.linear`` kernel.
+    With ``integer`` the QDQ regions left are rewritten into integer Relax (:func:`integerize`;
+    ``int8_io``: ``main`` takes and returns int8).
     """
     report = PartitionReport()
-    mod = partition_for_tiny(mod, report, sparse=sparse)
+    mod = partition_for_tiny(mod, report, sparse=sparse, keep_int8_weights=integer)
+    not_integerized: list[str] = []
+    io = None
+    if integer:
+        mod, not_integerized, io = integerize(mod, int8_io)
     mhsa_symbols = [offloaded_symbol(mod[gv]) for gv in mhsa_functions(mod)]
-    linear_symbols = [offloaded_symbol(mod[gv]) for gv in sparse_linear_functions(mod)]
+    linear_gvs = sparse_linear_functions(mod) + linear_s8_functions(mod)
+    linear_symbols = [offloaded_symbol(mod[gv]) for gv in linear_gvs]
     descriptors = {symbol: describe_function(mod[gv], symbol)
-                   for gv, symbol in zip(mhsa_functions(mod) + sparse_linear_functions(mod),
+                   for gv, symbol in zip(mhsa_functions(mod) + linear_gvs,
                                          mhsa_symbols + linear_symbols)}
     mhsa_descs = {s: d for s, d in descriptors.items() if isinstance(d, MhsaDescriptor)}
     session = CodegenSession(model, profile.cluster_cores,
@@ -145,7 +179,8 @@ def offload(mod: tvm.IRModule, model: str, profile: Board, tuning_log: str | Non
         if session.failure is not None:
             raise session.failure from None
         raise
-    result = OffloadResult(mod, rejected=report.rejected, composites=composites)
+    result = OffloadResult(mod, rejected=report.rejected, composites=composites,
+                           not_integerized=not_integerized, io=io)
     for symbol in mhsa_symbols + linear_symbols:
         kernel = session.generated.get(symbol)
         if kernel is None:
@@ -157,6 +192,8 @@ def offload(mod: tvm.IRModule, model: str, profile: Board, tuning_log: str | Non
         desc = descriptors[symbol]
         if isinstance(desc, LinearDescriptor):
             result.sparse_linear.append(metadata_entry(desc, kernel))
+        elif isinstance(desc, LinearS8Descriptor):
+            result.linear_s8.append(metadata_entry_s8(desc, kernel))
         else:
             choice = session.choices[symbol]
             result.mhsa.append(_mhsa_entry(desc, choice, kernel, profile.cluster_cores))

@@ -22,6 +22,7 @@ from tvm import relax
 
 from tvm_tiny.codegen.kernel import GeneratedKernel
 from tvm_tiny.codegen.linear import LinearDescriptor, describe_linear, emit_linear_sparse_f32
+from tvm_tiny.codegen.linear_s8 import LinearS8Descriptor, describe_linear_s8, emit_linear_s8
 from tvm_tiny.codegen.mhsa_f32 import emit_mhsa_f32
 from tvm_tiny.codegen.mhsa_s8 import emit_mhsa_s8
 from tvm_tiny.ir.enums import DType
@@ -31,7 +32,12 @@ from tvm_tiny.ir.mhsa import KernelConfig
 from tvm_tiny.ir.provenance import UNKNOWN, Provenance
 from tvm_tiny.partition.describe import MhsaDescriptor, describe_mhsa, offloaded_symbol
 from tvm_tiny.partition.partitioner import composite_name
-from tvm_tiny.partition.patterns import LINEAR_SPARSE_COMPOSITE, MHSA_COMPOSITE, MHSA_S8_COMPOSITE
+from tvm_tiny.partition.patterns import (
+    LINEAR_S8_COMPOSITE,
+    LINEAR_SPARSE_COMPOSITE,
+    MHSA_COMPOSITE,
+    MHSA_S8_COMPOSITE,
+)
 
 # (descriptor, kernel config or None, model, config source, cores, provenance) -> kernel
 Emitter = Callable[[Any, Any, str, str, int, Provenance], GeneratedKernel]
@@ -39,10 +45,11 @@ EMITTERS: dict[tuple[str, str], Emitter] = {
     (MHSA_COMPOSITE, "float32"): emit_mhsa_f32,
     (MHSA_S8_COMPOSITE, "int8"): emit_mhsa_s8,
     (LINEAR_SPARSE_COMPOSITE, "float32"): emit_linear_sparse_f32,
+    (LINEAR_S8_COMPOSITE, "int8"): emit_linear_s8,
 }
 """(composite, dtype) → emitter; every pattern in ``patterns.tiny_patterns`` has an entry."""
 
-Descriptor = MhsaDescriptor | LinearDescriptor
+Descriptor = MhsaDescriptor | LinearDescriptor | LinearS8Descriptor
 """What the code generator reads of one offloaded function."""
 
 
@@ -89,6 +96,8 @@ def describe_function(func: relax.Function, symbol: str) -> Descriptor:
     composite = composite_name(func)
     if composite == LINEAR_SPARSE_COMPOSITE:
         return describe_linear(func, symbol)
+    if composite == LINEAR_S8_COMPOSITE:
+        return describe_linear_s8(func, symbol)
     if composite in (MHSA_COMPOSITE, MHSA_S8_COMPOSITE):
         return describe_mhsa(func, symbol)
     raise CodegenError(f"'{symbol}': no tvm_tiny emitter for composite {composite!r}")
@@ -103,6 +112,9 @@ def default_choice(desc: MhsaDescriptor) -> KernelChoice:
 def generate_kernel(func: relax.Function, session: CodegenSession) -> GeneratedKernel:
     """Emit the C instance of one offloaded function (pure: same inputs, same bytes)."""
     desc = session.describe(func)
+    if isinstance(desc, LinearS8Descriptor):
+        return EMITTERS[(LINEAR_S8_COMPOSITE, desc.dtype)](desc, None, session.model, "n/a",
+                                                           session.cores, session.provenance)
     if isinstance(desc, LinearDescriptor):
         return EMITTERS[(LINEAR_SPARSE_COMPOSITE, desc.dtype)](desc, None, session.model, "n/a",
                                                                session.cores,

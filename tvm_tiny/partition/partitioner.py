@@ -5,8 +5,9 @@ The passes, in order:
 1. fold constants, except the int8 weights of QDQ graphs (``qdq.py``: the matcher reads them);
 2. rewrite every proved attention into its canonical chain behind a proof mark
    (``canonicalize.py``, ``proof_mark.py``);
-3. fold the int8 weights no canonical int8 chain reads (those of rejected attentions and of the
-   rest of the graph), so that what TVM receives is folded exactly as ``FoldConstant`` folds it;
+3. fold the int8 weights no canonical int8 chain nor int8 linear layer reads (those of rejected
+   attentions and of the rest of the graph), so that what TVM receives is folded exactly as
+   ``FoldConstant`` folds it;
 4. fuse by the ``tvm_tiny.*`` patterns of TVM's registry (``patterns.py``);
 5. remove the proof marks.
 """
@@ -20,19 +21,23 @@ from tvm import relax
 from tvm.relax.backend.pattern_registry import get_patterns_with_prefix
 
 from tvm_tiny.ir.native_log import quiet_take_fast_mode
+from tvm_tiny.ir.relax_compat import is_constant, static_shape, tensor_dtype
+from tvm_tiny.partition.bindings import bindings_of
 from tvm_tiny.partition.canonicalize import CanonicalizeSelfAttention
 from tvm_tiny.partition.patterns import (
     CODEGEN_NAME,
+    LINEAR_S8_COMPOSITE,
     LINEAR_SPARSE_COMPOSITE,
     MHSA_COMPOSITES,
     PATTERN_PREFIX,
-    canonical_int8_weights,
+    kept_int8_weights,
 )
 from tvm_tiny.partition.proof_mark import RemoveProofMarks, count_marks, unclaimed_marks
 from tvm_tiny.partition.qdq import FoldConstantExceptInt8Weights, int8_matmul_weights
 
-__all__ = ["CODEGEN_NAME", "PartitionReport", "composite_name", "mhsa_functions",
-           "offloaded_functions", "partition_for_tiny", "sparse_linear_functions"]
+__all__ = ["CODEGEN_NAME", "PartitionReport", "composite_name", "linear_s8_functions",
+           "mhsa_functions", "offloaded_functions", "partition_for_tiny",
+           "sparse_linear_functions"]
 
 
 @dataclass
@@ -43,8 +48,19 @@ class PartitionReport:
     rejected: list[str] = field(default_factory=list)
 
 
+def every_int8_weight(func: relax.Function) -> list[relax.Var]:
+    """The vars bound to ``dequantize(int8 constant of rank >= 2)``: every int8 weight matrix or
+    kernel, kept for the integer rules (``partition_for_tiny(..., keep_int8_weights=True)``).
+    Biases and scalars fold as before: the attention matcher reads them as float constants."""
+    return [var for var, value in bindings_of(func)
+            if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)
+            and value.op.name == "relax.dequantize" and is_constant(value.args[0])
+            and tensor_dtype(value.args[0]) == "int8"
+            and len(static_shape(value.args[0]) or ()) >= 2]
+
+
 def partition_for_tiny(mod: tvm.IRModule, report: PartitionReport | None = None, *,
-                       sparse: bool = True) -> tvm.IRModule:
+                       sparse: bool = True, keep_int8_weights: bool = False) -> tvm.IRModule:
     """Partition ``mod``: each multi-head self-attention becomes a ``Codegen="tvm_tiny"`` function.
 
     Like ``partition_for_cmsisnn`` / ``partition_for_tensorrt``: normalize, match, outline
@@ -65,6 +81,10 @@ def partition_for_tiny(mod: tvm.IRModule, report: PartitionReport | None = None,
         Offload pruned linear layers (``tvm_tiny.linear``: MatMul [+ Add] outside attention with
         a constant weight smaller stored row-compressed) to the sparse kernel; ``False`` leaves
         them to TVM, dense.
+    keep_int8_weights
+        Leave every int8 weight as ``dequantize(int8 constant)`` instead of folding it to float
+        (for ``integerize.IntegerizeQDQ``, which reads the integers; ``FoldConstant`` after it
+        folds those it left fake-quant).
 
     Returns
     -------
@@ -83,9 +103,11 @@ def partition_for_tiny(mod: tvm.IRModule, report: PartitionReport | None = None,
     # warning once per Gather-made take; that line alone is dropped (tvm_tiny.ir.native_log).
     with quiet_take_fast_mode():
         mod = tvm.transform.Sequential([
-            FoldConstantExceptInt8Weights(int8_matmul_weights),
+            FoldConstantExceptInt8Weights(
+                every_int8_weight if keep_int8_weights else int8_matmul_weights),
             canonicalize,
-            FoldConstantExceptInt8Weights(canonical_int8_weights, refold=True),
+            FoldConstantExceptInt8Weights(
+                every_int8_weight if keep_int8_weights else kept_int8_weights, refold=True),
             relax.transform.DeadCodeElimination(),
         ])(mod)
     patterns = [p for p in get_patterns_with_prefix(PATTERN_PREFIX)
@@ -149,7 +171,14 @@ def sparse_linear_functions(mod: tvm.IRModule) -> list[tvm.ir.GlobalVar]:
             if composite_name(mod[gv]) == LINEAR_SPARSE_COMPOSITE]
 
 
-_SHORT_NAMES = {LINEAR_SPARSE_COMPOSITE: "tvm_tiny_linear"}
+def linear_s8_functions(mod: tvm.IRModule) -> list[tvm.ir.GlobalVar]:
+    """The offloaded functions holding a ``tvm_tiny.linear_s8`` composite, in call order."""
+    return [gv for gv in offloaded_functions(mod)
+            if composite_name(mod[gv]) == LINEAR_S8_COMPOSITE]
+
+
+_SHORT_NAMES = {LINEAR_SPARSE_COMPOSITE: "tvm_tiny_linear",
+                LINEAR_S8_COMPOSITE: "tvm_tiny_linear_s8"}
 
 
 def _rename_offloaded(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[str]]:

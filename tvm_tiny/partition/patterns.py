@@ -15,6 +15,8 @@ priority first, as ``relax/backend/contrib/tensorrt.py`` does.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import tvm
 from tvm import relax
@@ -24,9 +26,13 @@ from tvm.relax.dpl import DFPattern, is_const, is_op, wildcard
 from tvm.relax.transform import PatternCheckContext
 
 from tvm_tiny.ir.enums import DType
+from tvm_tiny.ir.quant import QParams
 from tvm_tiny.ir.relax_compat import constant_value, is_constant, static_shape
 from tvm_tiny.ir.sparse import csr_bytes
+from tvm_tiny.partition.layout_trace import per_tensor_qparams
 from tvm_tiny.partition.proof_mark import is_proof_mark
+from tvm_tiny.partition.qdq import int8_matmul_weight, is_int8_weight, is_matrix_transpose
+from tvm_tiny.reference.linear_s8 import LinearS8Quant, lower_linear_s8
 
 CODEGEN_NAME = "tvm_tiny"
 """The ``Codegen`` attribute of offloaded functions: ``relax.ext.tvm_tiny`` generates them."""
@@ -39,6 +45,7 @@ _QUANTIZE = tvm.ir.Op.get("relax.quantize")
 MHSA_COMPOSITE = "tvm_tiny.mhsa"
 MHSA_S8_COMPOSITE = "tvm_tiny.mhsa_s8"
 LINEAR_SPARSE_COMPOSITE = "tvm_tiny.linear"
+LINEAR_S8_COMPOSITE = "tvm_tiny.linear_s8"
 MHSA_COMPOSITES = (MHSA_COMPOSITE, MHSA_S8_COMPOSITE)
 
 
@@ -195,18 +202,148 @@ def _check_linear_sparse(context: PatternCheckContext) -> bool:
     return sparse_stored_bytes(nnz, k, n) < 4 * k * n
 
 
+def make_linear_s8_pattern() -> tuple[DFPattern, dict[str, DFPattern]]:
+    """The QDQ int8 linear layer (int8 in, int8 out) with named annotations: ``quantize(
+    [relu | clip](add?(dequantize(quantize(matmul)) | matmul, b const)))`` of ``matmul(
+    dequantize(x_q), dequantize(W_q const) [transposed])``. ``acc`` is the exported rounding
+    point after the MatMul (the two-step form), ``act`` a following ReLU or Clip."""
+    xq = wildcard()
+    x = is_op("relax.dequantize")(xq, is_const(), is_const())
+    w_dq = is_op("relax.dequantize")(is_const(), is_const(), is_const())
+    weight = is_op("relax.permute_dims")(w_dq) | w_dq
+    matmul = is_op("relax.matmul")(x, weight)
+    acc = is_op("relax.quantize")(matmul, is_const(), is_const())
+    inner = is_op("relax.dequantize")(acc, is_const(), is_const()) | matmul
+    bias = is_const()
+    body = is_op("relax.add")(inner, bias) | inner
+    act = is_op("relax.nn.relu")(body) | is_op("relax.clip")(body, wildcard(), wildcard())
+    root = is_op("relax.quantize")(act | body, is_const(), is_const())
+    annotations = {"root": root, "xq": xq, "x": x, "w_dq": w_dq, "weight": weight,
+                   "matmul": matmul, "acc": acc, "bias": bias, "act": act}
+    return root, annotations
+
+
+def _prim_float(expr: relax.Expr) -> float | None:
+    """The value of a constant ``PrimValue`` (Clip's bounds), or None."""
+    value = getattr(expr, "value", None)
+    return float(value.value) if hasattr(value, "value") else None
+
+
+def _quantized(call: relax.Expr, dtype: str) -> QParams | None:
+    params = per_tensor_qparams(call)
+    if params is None:
+        return None
+    try:
+        return QParams(params[0], params[1], dtype)
+    except ValueError:
+        return None
+
+
+def linear_s8_matched(matched: dict[DFPattern, relax.Expr], annotations: dict[str, DFPattern]
+                      ) -> dict[str, relax.Expr]:
+    """``extract_matched_expr``'s answer by annotation name (the names it matched)."""
+    return {name: matched[p] for name, p in annotations.items() if p in matched}
+
+
+def read_linear_s8(annotated: Mapping[str, relax.Expr]) -> tuple[LinearS8Quant | None, str]:
+    """The :class:`LinearS8Quant` of a matched ``tvm_tiny.linear_s8`` chain (``annotated``:
+    annotation name → matched expression), or None and why the int8 kernel cannot take it."""
+    def get(name: str) -> relax.Expr | None:
+        return annotated.get(name, None)
+
+    xq, root, w_dq = get("xq"), get("root"), get("w_dq")
+    if str(xq.ty.dtype) != DType.INT8 or str(root.attrs.out_dtype) != DType.INT8:
+        return None, "input or output is not int8"
+    if not is_int8_weight(w_dq):
+        return None, "weight is not a symmetric int8 matrix"
+    _, weight = int8_matmul_weight(w_dq, is_matrix_transpose(get("weight")))
+    if weight is None:
+        return None, "weight scales do not run along the output columns"
+    x_shape = static_shape(xq)
+    k, n = weight.values.shape
+    if x_shape is None or len(x_shape) < 1 or x_shape[-1] != k:
+        return None, "input shape is not static [..., K]"
+    x, y = _quantized(get("x"), DType.INT8), _quantized(root, DType.INT8)
+    acc = None if get("acc") is None else _quantized(get("acc"), DType.INT8)
+    if x is None or y is None or (get("acc") is not None and acc is None):
+        return None, "a quantization point is not per-tensor int8"
+    bias = get("bias")
+    b = None
+    if bias is not None:
+        b = constant_value(bias).astype(np.float32)
+        if b.size != n or b.shape[-1] != n:
+            return None, "the bias is not one value per output column"
+        b = b.reshape(-1)
+    lo = hi = None
+    act = get("act")
+    if act is not None:
+        if act.op.name == "relax.nn.relu":
+            lo = 0.0
+        else:
+            lo, hi = _prim_float(act.args[1]), _prim_float(act.args[2])
+            if lo is None or hi is None:
+                return None, "Clip bounds are not constants"
+    quant = LinearS8Quant(x, weight, b, y, acc, lo, hi)
+    try:
+        lower_linear_s8(quant)
+    except ValueError as why:
+        return None, str(why)
+    return quant, ""
+
+
+def _check_linear_s8(context: PatternCheckContext) -> bool:
+    """A QDQ int8 linear layer outside attention that ``tt_linear_s8`` computes."""
+    # An attention's projection reads a proof mark: the MHSA patterns own it (or, unmatched,
+    # the partitioner keeps the whole model with TVM), never the linear kernel.
+    if is_proof_mark(context.annotated_expr["xq"]):
+        return False
+    # An intermediate (the rounded MatMul, the float bias add) read outside the region would
+    # lose its producer once the region becomes one kernel: keep it with TVM.
+    if has_leaking_intermediate_variables(context):
+        return False
+    quant, _reason = read_linear_s8(context.annotated_expr)
+    return quant is not None
+
+
+def linear_s8_int8_weights(func: relax.Function) -> list[relax.Var]:
+    """The weight ``dequantize`` vars of the int8 linear layers of ``func`` the
+    ``tvm_tiny.linear_s8`` pattern takes: the partitioner's second constant fold leaves them
+    (the kernel reads their int8 constants), as it leaves the MHSAs'."""
+    pattern, annotations = make_linear_s8_pattern()
+    found: list[relax.Var] = []
+    for block in func.body.blocks:
+        var2val = {b.var: b.value for b in block.bindings}
+        var_of = {value: var for var, value in var2val.items()}
+        for value in var2val.values():
+            if not (isinstance(value, relax.Call) and value.op.same_as(_QUANTIZE)):
+                continue
+            matched = pattern.extract_matched_expr(value, var2val)
+            if matched is None or is_proof_mark(matched[annotations["xq"]]):
+                continue
+            if read_linear_s8(linear_s8_matched(matched, annotations))[0] is not None \
+                    and matched[annotations["w_dq"]] in var_of:
+                found.append(var_of[matched[annotations["w_dq"]]])
+    return found
+
+
+def kept_int8_weights(func: relax.Function) -> list[relax.Var]:
+    """Every int8 weight an offloaded kernel reads: the MHSAs' and the int8 linear layers'."""
+    return canonical_int8_weights(func) + linear_s8_int8_weights(func)
+
+
 def tiny_patterns() -> list[Pattern]:
     """All tvm_tiny patterns in registration order: later entries have higher priority (pure:
     builds, registers nothing).
 
     The int8 MHSA chain contains the float chain's ops plus Q/DQ and the MHSA chains contain the
-    linear pattern's projections, so the order is linear, float MHSA, int8 MHSA: a QDQ region is
-    claimed whole by the int8 pattern and no projection of an attention by the linear one.
+    linear patterns' projections, so the order is the linear ones, float MHSA, int8 MHSA: a QDQ
+    region is claimed whole by the int8 pattern and no projection of an attention by a linear one.
     Tuples rather than ``FusionPattern`` objects, because TVM's ``atexit`` cleanup of the
     registry only tracks patterns registered as tuples.
     """
     return [
         (LINEAR_SPARSE_COMPOSITE, *make_linear_sparse_pattern(), _check_linear_sparse),
+        (LINEAR_S8_COMPOSITE, *make_linear_s8_pattern(), _check_linear_s8),
         (MHSA_COMPOSITE, *make_mhsa_pattern(), _check_mhsa),
         (MHSA_S8_COMPOSITE, *make_mhsa_s8_pattern(), _check_mhsa_s8),
     ]

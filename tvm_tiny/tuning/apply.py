@@ -13,6 +13,10 @@ total of its best records over the tuned workloads among the variants every tune
 a record for, each MHSA then taking its best record with that variant; when no variant covers
 every tuned workload, the default variant and each workload's best record with it (else its
 default config). An MHSA without records runs its default config with the model's variant.
+
+int8 MHSAs (task ``tt_mhsa_s8``) take their best record the same way, from the same logs; their
+kernel has no compile-time variant, so they take no part in choosing the float32 one and report
+the model's variant (what their ``metadata`` entry showed before they were tunable).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from tvm_tiny.ir.enums import ConfigSource
+from tvm_tiny.ir.enums import ConfigSource, DType
 from tvm_tiny.ir.kernel_config import DEFAULT_ORIGIN, ConfigOrigin, KernelChoice, KernelVariant
 from tvm_tiny.ir.mhsa import KernelConfig, MhsaWeights
 from tvm_tiny.targets.boards import get_board
@@ -114,10 +118,13 @@ def kernel_configs(workloads: dict[str, Workload], board: str,
             if variant not in per_variant or cost < per_variant[variant][0]:
                 per_variant[variant] = (cost, entity, record)
         best[workload] = per_variant
-    common = set.intersection(*(set(v) for v in best.values())) if best else set()
+    # Only the float32 kernel has variants: int8 records (all of the default variant) do not
+    # vote, and an int8 MHSA takes its best record whatever the float32 variant is.
+    voters = {w: v for w, v in best.items() if w.dtype == DType.FLOAT32}
+    common = set.intersection(*(set(v) for v in voters.values())) if voters else set()
     if common:
         def total(variant: KernelVariant) -> tuple[float, bool, str]:
-            return (sum(best[w][variant][0] for w in best), not variant.is_default,
+            return (sum(voters[w][variant][0] for w in voters), not variant.is_default,
                     variant.name)
 
         chosen = min(common, key=total)
@@ -125,7 +132,8 @@ def kernel_configs(workloads: dict[str, Workload], board: str,
         chosen = KernelVariant()
     applied: dict[str, AppliedConfig] = {}
     for symbol, workload in workloads.items():
-        pick = best.get(workload, {}).get(chosen)
+        variant = chosen if workload.dtype == DType.FLOAT32 else KernelVariant()
+        pick = best.get(workload, {}).get(variant)
         if pick is not None and math.isfinite(pick[0]):
             _, entity, record = pick
             applied[symbol] = AppliedConfig(entity.kernel_config(), chosen,

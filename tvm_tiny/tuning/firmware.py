@@ -3,7 +3,9 @@
 ``main.c`` reads one input, then calls every kernel instance of the batch in turn between
 ``tt_window_begin()`` / ``tt_window_end()`` and writes its output. Each kernel variant of the
 batch is a compile group of its own (the kernel library compiled with that variant's macros and
-renamed symbols, plus the instances that use it), so several variants share one firmware.
+renamed symbols, plus the instances that use it), so several variants share one firmware. The
+int8 kernel has no variants: its library is compiled once, as a build compiles it, and x and y
+are int8 (the harness's only dtype-dependent part).
 
 The firmware is a :class:`tvm_tiny.firmware.builder.FirmwareSpec` built by the same builder as a
 deployed model's (the board's flags, the one include rule, the board's linker script with the real
@@ -38,6 +40,7 @@ from tvm_tiny.firmware.builder import (
 from tvm_tiny.firmware.linker import linker_script
 from tvm_tiny.firmware.qemu import emulate as emulate_firmware
 from tvm_tiny.firmware.windows import Window, model_cluster_call, nested
+from tvm_tiny.ir.enums import DType
 from tvm_tiny.targets.resources import kernels_dir, runtime_dir
 from tvm_tiny.targets.toolchain import write_tree
 from tvm_tiny.tuning.space import ConfigEntity, ConfigSpace
@@ -73,8 +76,8 @@ static const struct {{
 {table}
 }};
 
-static float tt_x[{x_floats}] TT_ALIGNED(16);
-static float tt_y[{y_floats}] TT_ALIGNED(16);
+static {elem} tt_x[{x_elems}] TT_ALIGNED(16);
+static {elem} tt_y[{y_elems}] TT_ALIGNED(16);
 static uint8_t tt_scratch[{scratch}] TT_ALIGNED(16);
 
 int main(void) {{
@@ -87,8 +90,8 @@ int main(void) {{
     const void *args[1] = {{tt_x}};
     void *outs[1] = {{tt_y}};
     int32_t rc;
-    for (int32_t i = 0; i < {y_floats}; ++i) {{
-      tt_y[i] = -1e30f; /* an instance that leaves y unwritten fails the check */
+    for (int32_t i = 0; i < {y_elems}; ++i) {{
+      tt_y[i] = {fill}; /* an instance that leaves y unwritten fails the check */
     }}
     tt_window_begin();
     rc = tt_tune_configs[k].fn(args, outs, tt_scratch, tt_tune_configs[k].scratch_bytes);
@@ -104,6 +107,12 @@ int main(void) {{
   return 0;
 }}
 """
+
+
+#: Per dtype of the task: (C element type of x and y, the value y is filled with before each
+#: instance). float32: a value no output takes. int8 has no such value: a pattern varying
+#: with the element and the instance, which an unwritten y cannot match bit for bit.
+_IO = {DType.FLOAT32: ("float", "-1e30f"), DType.INT8: ("int8_t", "(int8_t)(i * 37 + k * 11)")}
 
 
 @dataclass
@@ -139,14 +148,17 @@ def firmware_sources(task: TuningTask, space: ConfigSpace, entities: list[Config
     for k, entity in enumerate(entities):
         kernel = kernels[entity.index]
         variant = entity.variant()
-        variant_flags = tuple(compile_flags(variant))
+        if task.workload.dtype == DType.FLOAT32:
+            group, variant_flags = variant.name, tuple(compile_flags(variant))
+        else:  # no variants: compiled once, with the flags a build uses
+            group, variant_flags = str(task.workload.dtype), ()
         path = f"src/cfg{entity.index}.c"
         files[path] = kernel.source
-        instances[entity.index] = add(variant.name, variant_flags, path)
+        instances[entity.index] = add(group, variant_flags, path)
         for rel in kernel.library_sources:
             # The kernel library once per variant (renamed symbols); the port once.
             if rel.startswith("mhsa/"):
-                add(variant.name, variant_flags, f"kernels/{rel}")
+                add(group, variant_flags, f"kernels/{rel}")
             else:
                 add(COMMON, (), f"kernels/{rel}")
             if rel not in library:
@@ -173,10 +185,11 @@ def firmware_sources(task: TuningTask, space: ConfigSpace, entities: list[Config
     for source in ("runtime/src/tt_profile.c", f"{PORT_DIR}/tt_port.c", "main.c"):
         add(COMMON, (), source)
     scratch = max(kernels[e.index].scratch_bytes for e in entities)
+    elem, fill = _IO[task.workload.dtype]
     files["main.c"] = _MAIN_C.format(
         count=len(entities), task=task.describe(), board=board.name, decls="\n".join(decls),
-        table="\n".join(table), x_floats=shape.seq * shape.embed,
-        y_floats=shape.seq * shape.out_features, scratch=max(scratch, 16))
+        table="\n".join(table), elem=elem, fill=fill, x_elems=shape.seq * shape.embed,
+        y_elems=shape.seq * shape.out_features, scratch=max(scratch, 16))
     script = f"firmware/{board.name}.ld"
     files[script] = linker_script(board)
     units = tuple(u for group in groups.values() for u in group)

@@ -1,12 +1,15 @@
 """Measure a batch of configs of one task in ONE firmware on the board's emulator.
 
-Each config is emitted by the code generator (:func:`tvm_tiny.codegen.ext.emit_mhsa_f32`, exactly
-what ``build`` emits) as its own kernel instance with a distinct symbol
-(``tvmtiny_tune_cfg<index>``). The harness (``main.c``) reads one input, then calls every
-instance in turn between ``tt_window_begin()`` / ``tt_window_end()`` and writes its output; QEMU
-with ``-icount shift=0`` and the ``wincount`` plugin counts the INSTRUCTIONS of each window (not
-cycles). Every output is checked against the float64 numpy reference
-(:func:`tvm_tiny.reference.mhsa_f32.reference_mhsa_f32`).
+Each config is emitted by the code generator (:func:`tvm_tiny.codegen.mhsa_f32.emit_mhsa_f32`
+or, for int8, :func:`tvm_tiny.codegen.mhsa_s8.emit_mhsa_s8`: exactly what ``build`` emits) as its
+own kernel instance with a distinct symbol (``tvmtiny_tune_cfg<index>``). The harness
+(``main.c``) reads one input, then calls every instance in turn between ``tt_window_begin()`` /
+``tt_window_end()`` and writes its output; QEMU with ``-icount shift=0`` and the ``wincount``
+plugin counts the INSTRUCTIONS of each window (not cycles). Every float32 output is checked
+against the float64 numpy reference (:func:`tvm_tiny.reference.mhsa_f32.reference_mhsa_f32`)
+within :data:`OUTPUT_TOL`; every int8 output must equal the golden model
+(:func:`tvm_tiny.reference.mhsa_s8.reference_mhsa_s8` of that config's integer program) bit for
+bit, and ``max_error`` is its largest difference in output quantization steps.
 
 On a cluster board (GAP9) the instance calls ``tt_mhsa_f32_cluster`` like the build does; the
 cores run one after another (portable port) and each core's task is a window, so the cost is
@@ -36,9 +39,14 @@ import numpy as np
 
 from tvm_tiny.codegen.kernel import GeneratedKernel
 from tvm_tiny.codegen.mhsa_f32 import emit_mhsa_f32
+from tvm_tiny.codegen.mhsa_s8 import emit_mhsa_s8
+from tvm_tiny.ir.enums import DType
 from tvm_tiny.ir.errors import TinyError, ToolchainError
+from tvm_tiny.ir.mhsa import KernelConfig
+from tvm_tiny.ir.quant import quantize
 from tvm_tiny.partition.describe import MhsaDescriptor
 from tvm_tiny.reference.mhsa_f32 import reference_mhsa_f32
+from tvm_tiny.reference.mhsa_s8 import reference_mhsa_s8
 from tvm_tiny.tuning.firmware import (
     Firmware,
     compile_firmware,
@@ -64,6 +72,8 @@ OUTPUT_TOL = 1e-4
 #: weights of a batch into one firmware.
 CODE_RESERVE_BYTES = 96 * 1024
 
+#: numpy element type of x and y per task dtype (what the harness reads and writes).
+IO_DTYPES = {DType.FLOAT32: np.float32, DType.INT8: np.int8}
 
 
 
@@ -90,7 +100,8 @@ class MeasureResult:
     error_no: MeasureErrorNo
     error_msg: str = ""
     timestamp: float = 0.0
-    max_error: float | None = None  # max |y - reference| when the output was checked
+    # max |y - reference| when the output was checked (int8: in output quantization steps)
+    max_error: float | None = None
     all_cost: float = 0.0  # instructions of all the work (cluster: every core, serially)
 
     @property
@@ -129,20 +140,66 @@ def _error(index: int, no: MeasureErrorNo, msg: str) -> MeasureResult:
 
 
 def measure_input(task: TuningTask, seed: int) -> np.ndarray:
+    """The input x of a measurement: standard normal, and for int8 quantized with the layer's
+    own input parameters (so the integer program sees the values of a real run)."""
     s = task.shape
-    return np.random.default_rng(seed).standard_normal((s.seq, s.embed)).astype(np.float32)
+    x = np.random.default_rng(seed).standard_normal((s.seq, s.embed)).astype(np.float32)
+    if task.workload.dtype == DType.INT8:
+        assert task.quant is not None  # TuningTask checks it
+        return quantize(x, task.quant.x).astype(np.int8)
+    return x
+
+
+def _references(task: TuningTask, entities: list[ConfigEntity],
+                x: np.ndarray) -> dict[int, np.ndarray]:
+    """The expected output per entity index: one float64 reference for float32; for int8 the
+    golden integers of each config's program (FWSA is another program; cached per config)."""
+    if task.workload.dtype == DType.FLOAT32:
+        reference = reference_mhsa_f32(x, task.weights, task.shape.heads)
+        return {e.index: reference for e in entities}
+    assert task.quant is not None
+    cache: dict[KernelConfig, np.ndarray] = {}
+    out = {}
+    for entity in entities:
+        config = entity.kernel_config()
+        if config not in cache:
+            cache[config] = reference_mhsa_s8(x, task.quant, task.shape, config)
+        out[entity.index] = cache[config]
+    return out
+
+
+def _check(task: TuningTask, y: np.ndarray, reference: np.ndarray) -> tuple[float, str | None]:
+    """(max error, None) for a right answer, else (max error, why it is wrong). int8 must be
+    bit-exact (the error is in steps); float32 within OUTPUT_TOL of the reference's scale."""
+    if task.workload.dtype == DType.INT8:
+        diff = np.abs(y.astype(np.int64) - reference.astype(np.int64))
+        err = float(diff.max())
+        if err == 0:
+            return err, None
+        first = tuple(int(i) for i in np.argwhere(diff > 0)[0])
+        return err, (f"{int(np.count_nonzero(diff))} of {diff.size} int8 outputs differ from "
+                     f"the golden model (max {err:.0f} steps; first at {first}: got {y[first]}, "
+                     f"expected {reference[first]})")
+    scale = max(1.0, float(np.abs(reference).max()))
+    err = float(np.max(np.abs(y.astype(np.float64) - reference)))
+    if not err <= OUTPUT_TOL * scale:  # NaN fails too
+        return err, f"max |y - reference| = {err:.3g} > {OUTPUT_TOL * scale:.3g}"
+    return err, None
 
 
 # -- firmware sources ---------------------------------------------------------------------------
 def _instance(task: TuningTask, space: ConfigSpace, entity: ConfigEntity) -> GeneratedKernel:
     """The code generator's C instance of one config (a ``GeneratedKernel``)."""
-    desc = MhsaDescriptor(f"cfg{entity.index}", task.shape, task.weights, task.workload.dtype)
-    return emit_mhsa_f32(desc, entity.kernel_config(), "tune",
-                         f"tuning trial {entity.index} [{entity}]", space.board.cluster_cores)
+    desc = MhsaDescriptor(f"cfg{entity.index}", task.shape, task.weights, task.workload.dtype,
+                          task.quant)
+    emit = emit_mhsa_s8 if task.workload.dtype == DType.INT8 else emit_mhsa_f32
+    return emit(desc, entity.kernel_config(), "tune", f"tuning trial {entity.index} [{entity}]",
+                space.board.cluster_cores)
 
 
 def _measure_firmware(task: TuningTask, space: ConfigSpace, entities: list[ConfigEntity],
-                      kernels: dict[int, GeneratedKernel], x: np.ndarray, reference: np.ndarray,
+                      kernels: dict[int, GeneratedKernel], x: np.ndarray,
+                      references: dict[int, np.ndarray],
                       options: MeasureOptions, counter: list[int]) -> dict[int, MeasureResult]:
     """Build and run one firmware for ``entities``; failures are narrowed down recursively."""
     if not entities:
@@ -155,12 +212,11 @@ def _measure_firmware(task: TuningTask, space: ConfigSpace, entities: list[Confi
         try:
             compile_firmware(fw, directory, options.timeout_s)
         except ToolchainError as err:
-            return _narrow_build_failure(task, space, entities, kernels, x, reference, options,
+            return _narrow_build_failure(task, space, entities, kernels, x, references, options,
                                          counter, directory, fw, err)
         run = emulate(fw, directory, x, options.timeout_s)
         costs = window_costs(fw, run.windows)
         shape = task.shape
-        scale = max(1.0, float(np.abs(reference).max()))
         for k, entity in enumerate(entities):
             if k not in run.statuses:
                 break
@@ -172,12 +228,12 @@ def _measure_firmware(task: TuningTask, space: ConfigSpace, entities: list[Confi
             y_file = run.outputs.get(f"y{k}.bin")
             if k not in costs or y_file is None:
                 continue  # measured again below
-            y = np.frombuffer(y_file, dtype=np.float32).reshape(shape.seq, shape.out_features)
-            err = float(np.max(np.abs(y.astype(np.float64) - reference)))
-            if not err <= OUTPUT_TOL * scale:  # NaN fails too
+            y = np.frombuffer(y_file, dtype=IO_DTYPES[task.workload.dtype]).reshape(
+                shape.seq, shape.out_features)
+            err, wrong = _check(task, y, references[entity.index])
+            if wrong is not None:
                 results[entity.index] = MeasureResult(
-                    entity.index, (1e9,), MeasureErrorNo.WRONG_ANSWER,
-                    f"max |y - reference| = {err:.3g} > {OUTPUT_TOL * scale:.3g}", time.time(),
+                    entity.index, (1e9,), MeasureErrorNo.WRONG_ANSWER, wrong, time.time(),
                     err, 1e9)
             else:
                 cost, all_cost = costs[k]
@@ -203,13 +259,14 @@ def _measure_firmware(task: TuningTask, space: ConfigSpace, entities: list[Confi
             results[e.index] = _error(e.index, MeasureErrorNo.UNKNOWN_ERROR,
                                       "no instruction window or output for this instance")
         missing = []
-    results.update(_measure_firmware(task, space, missing, kernels, x, reference, options,
+    results.update(_measure_firmware(task, space, missing, kernels, x, references, options,
                                      counter))
     return results
 
 
 def _narrow_build_failure(task: TuningTask, space: ConfigSpace, entities: list[ConfigEntity],
-                          kernels: dict[int, GeneratedKernel], x: np.ndarray, reference: np.ndarray,
+                          kernels: dict[int, GeneratedKernel], x: np.ndarray,
+                      references: dict[int, np.ndarray],
                           options: MeasureOptions, counter: list[int], directory: Path,
                           fw: Firmware, err: ToolchainError) -> dict[int, MeasureResult]:
     """A batch that does not build: blame instances that do not compile alone; then split."""
@@ -235,7 +292,7 @@ def _narrow_build_failure(task: TuningTask, space: ConfigSpace, entities: list[C
     else:
         parts = [rest]
     for part in parts:
-        results.update(_measure_firmware(task, space, part, kernels, x, reference, options,
+        results.update(_measure_firmware(task, space, part, kernels, x, references, options,
                                          counter))
     return results
 
@@ -248,7 +305,8 @@ def _pack(space: ConfigSpace, entities: list[ConfigEntity]) -> list[list[ConfigE
     budget = board.memory(board.placement.code).size - CODE_RESERVE_BYTES
     if board.placement.code == board.placement.data:  # GAP9: one L2 for everything
         s = space.workload.shape
-        budget -= 4 * s.seq * (s.embed + s.out_features)
+        element = np.dtype(IO_DTYPES[space.workload.dtype]).itemsize
+        budget -= element * s.seq * (s.embed + s.out_features)
         budget -= max((space.scratch_bytes(e) for e in entities), default=0)
         budget -= board.placement.stack_bytes
     groups: list[list[ConfigEntity]] = [[]]
@@ -294,9 +352,9 @@ def measure_batch(task: TuningTask, indices: list[int],
                 continue
             runnable.append(entity)
         x = measure_input(task, options.input_seed)
-        reference = reference_mhsa_f32(x, task.weights, task.shape.heads)
+        references = _references(task, runnable, x)
         for group in _pack(space, runnable):
-            results.update(_measure_firmware(task, space, group, kernels, x, reference,
+            results.update(_measure_firmware(task, space, group, kernels, x, references,
                                              options, counter))
     except Exception as err:  # noqa: BLE001 -- a measurement never stops the tuner: every
         # config still unmeasured gets UNKNOWN_ERROR with the reason.

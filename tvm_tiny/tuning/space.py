@@ -19,6 +19,15 @@ knob               type  values
                          that depends on the board, which is what measuring decides)
 =================  ====  ============================================================
 
+The int8 kernel (``tt_mhsa_s8``, task ``tt_mhsa_s8``) has ``rows_per_block`` and ``fuse_qk``
+only. Its register tile is fixed (2x2 over pair-interleaved int16 operands, the SMLAD and
+``pv.sdotsp`` paths alike) and it has no multiply-add form, so there is no compile-time variant
+to tune (its one ISA switch, ``TT_MHSA_S8_SDOT4`` on RISC-V, picks the instruction set, not a
+tile). It runs blocks of an even number of rows (``codegen.mhsa_s8_layout.block_rows_s8``), so
+its block candidates are the even ones and S: an odd value would only re-measure the next even
+one. ``fuse_qk`` changes the integer program (FWSA rounds T = x Wf once instead of Q and K), so
+each config is checked against the golden model of its own program.
+
 Every knob changes the generated code: ``rows_per_block`` the DFT block size compiled into the
 instance's ``tt_mhsa_config`` (loop trip counts, tail blocks, scratch layout), ``fuse_qk`` the
 weights emitted and the path the kernel takes, ``tile`` and ``fma`` the kernel library itself
@@ -28,6 +37,8 @@ Validity rules (:meth:`ConfigSpace.check`): the kernel's scratch (per core times
 cores, plus the partial outputs, on a cluster) must fit the board's fast memory
 (:meth:`Board.fast_memory_bytes`: DTCM on STM32H7, L1 on GAP9, minus the stack when it lives
 there), and the weights of the chosen Q/K variant must fit the memory that holds constants.
+For int8 the scratch is ``codegen.mhsa_s8_layout.scratch_bytes_s8`` (``cluster_scratch_bytes_s8``
+on a cluster), the closed form of ``tt_mhsa_s8_get_buffer_size``.
 
 A config's index is mixed-radix over the knobs in order, the first knob fastest (AutoTVM's
 ``ConfigSpace.get``): ``index = sum_k value_index_k * prod_{j<k} len(knob_j)``.
@@ -44,6 +55,8 @@ from typing import Any
 
 import numpy as np
 
+from tvm_tiny.codegen.mhsa_s8_layout import cluster_scratch_bytes_s8, scratch_bytes_s8
+from tvm_tiny.ir.enums import DType
 from tvm_tiny.ir.kernel_config import TILES, KernelVariant, Tile
 from tvm_tiny.ir.mhsa import (
     FLOAT32_BYTES,
@@ -118,7 +131,10 @@ class ConfigEntity:
                             bool(self.get("sparse", True)))
 
     def variant(self) -> KernelVariant:
-        """The compile-time kernel variant this entity selects."""
+        """The compile-time kernel variant this entity selects (the default one for a kernel
+        without variants: int8, whose space has no ``tile`` knob)."""
+        if self.get("tile") is None:
+            return KernelVariant()
         return KernelVariant(Tile.parse(self["tile"]), bool(self["fma"]))
 
     def as_dict(self) -> dict[str, Any]:
@@ -185,8 +201,12 @@ class ConfigSpace:
                            variant: KernelVariant | None = None) -> ConfigEntity | None:
         """The entity of a kernel config and variant (None when a value is not a candidate)."""
         variant = variant or KernelVariant()
-        values = {"rows_per_block": config.rows_per_block, "fuse_qk": config.fuse_qk,
-                  "tile": variant.tile.name, "fma": variant.fma}
+        values: dict[str, Any] = {"rows_per_block": config.rows_per_block,
+                                  "fuse_qk": config.fuse_qk}
+        if self.has_knob("tile"):
+            values.update(tile=variant.tile.name, fma=variant.fma)
+        elif not variant.is_default:
+            return None  # the kernel has no variants: only the default describes it
         if self.has_knob("sparse"):
             values["sparse"] = config.sparse
         try:
@@ -224,6 +244,9 @@ class ConfigSpace:
         config = entity.kernel_config()
         cores = self.board.cluster_cores
         shape = self.workload.shape
+        if self.workload.dtype == DType.INT8:
+            return (cluster_scratch_bytes_s8(shape, config, cores) if cores > 1
+                    else scratch_bytes_s8(shape, config))
         return (cluster_scratch_bytes(shape, config, cores) if cores > 1
                 else scratch_bytes(shape, config))
 
@@ -232,6 +255,8 @@ class ConfigSpace:
         matrices row-compressed when ``sparse`` and smaller, the fused Wf counted dense)."""
         s = self.workload.shape
         h, e, p, eo = s.heads, s.embed, s.proj, s.out_features
+        if self.workload.dtype == DType.INT8:
+            return _params_bytes_s8(s, bool(entity["fuse_qk"]))
         nnz = self.workload.nnz if entity.get("sparse", False) else None
         nq, nk, nv, no = nnz or (h * p * e,) * 3 + (h * eo * p,)
 
@@ -303,6 +328,33 @@ class ConfigSpace:
             np.zeros((0, len(self.features(self.get(0)))))
 
 
+def _ceil4(n: int) -> int:
+    return (n + 3) & ~3
+
+
+def _params_bytes_s8(s: MhsaShape, fused: bool) -> int:
+    """Bytes of the ``tt_mhsa_s8_params`` arrays (``codegen.mhsa_s8_layout.arrange_s8``) of a
+    layer with every bias: int8 weight rows padded to 4, int32 biases (a two-step
+    requantization's stage-2 bias takes its bias's place), int32 multipliers and shifts, the
+    uint16 softmax table. Exact for onnxruntime's QDQ exports; a layer without biases stores
+    less, so for packing a batch it errs on the safe side."""
+    h, e, p, eo = s.heads, s.embed, s.proj, s.out_features
+    i32 = 4
+    if fused:  # wf [H][E+1][EK], bf [H][E+1], t_mult/t_shift [H]
+        qk = h * (e + 1) * _ceil4(e + 1) + i32 * h * (e + 1) + 2 * i32 * h
+    else:  # wq, wk [H][P][E4]; bq, bk, q_/k_ mult and shift [H][P]
+        qk = 2 * h * p * _ceil4(e) + 6 * i32 * h * p
+    v = h * p * _ceil4(e) + 3 * i32 * h * p  # wv, bv, v_mult, v_shift
+    o = h * eo * _ceil4(p) + 3 * i32 * eo  # wo, bo, o_mult, o_shift
+    return qk + v + o + 2 * i32 * h + 2 * 256  # score_mult/score_shift [H], softmax_lut
+
+
+def rows_per_block_candidates_s8(seq: int) -> tuple[int, ...]:
+    """Block sizes of the int8 kernel for S rows: the float candidates as the kernel runs them
+    (rounded up to even, at most S; ``block_rows_s8``), each once."""
+    return tuple(sorted({min(seq, x + (x & 1)) for x in rows_per_block_candidates(seq)}))
+
+
 def rows_per_block_candidates(seq: int) -> tuple[int, ...]:
     """Block sizes worth trying for S rows: 1 .. SMALL_BLOCKS, and ceil(S / n) for every block
     count n (the smallest block giving n blocks), ascending."""
@@ -321,6 +373,12 @@ def config_space(workload: Workload | TuningTask, board: Board | str | None = No
         raise ValueError("config_space needs a board")
     board = get_board(board) if isinstance(board, str) else board
     shape: MhsaShape = workload.shape
+    if workload.dtype == DType.INT8:
+        knobs = (
+            Knob("rows_per_block", KnobType.SPLIT, rows_per_block_candidates_s8(shape.seq)),
+            Knob("fuse_qk", KnobType.OTHER, (False, True)),
+        )
+        return ConfigSpace(workload, board, knobs)
     knobs = (
         Knob("rows_per_block", KnobType.SPLIT, rows_per_block_candidates(shape.seq)),
         Knob("fuse_qk", KnobType.OTHER, (False, True)),

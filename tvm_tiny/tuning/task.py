@@ -3,7 +3,12 @@
 A workload is what the kernel's instruction count depends on: the layer shape (S, E, H, P,
 E_out) and the dtype. Two MHSAs of a model with the same workload share one task (and, at build
 time, one best record); the weights of the first one are the ones measured with (the count does
-not depend on their values beyond a few instructions of ``expf``).
+not depend on their values beyond a few instructions of ``expf``, or for int8 of the rare
+two-step requantizations and saturations).
+
+Two kernels are tunable: ``tt_mhsa_f32`` (float32) and ``tt_mhsa_s8`` (int8 QDQ attention,
+composite ``tvm_tiny.mhsa_s8``); an int8 task also carries the layer's quantization
+(``MhsaInt8Params``), which the measured instances are emitted from.
 
 The record key follows AutoTVM (``python/tvm/autotvm/task/task.py``): ``input`` is
 ``[target, task name, args, kwargs]`` with tensors as ``["TENSOR", shape, dtype]``; our args are
@@ -23,12 +28,13 @@ import numpy as np
 from tvm_tiny.frontend.importer import to_relax
 from tvm_tiny.ir.enums import DType
 from tvm_tiny.ir.mhsa import KernelConfig, MhsaShape, MhsaWeights, is_pruned
+from tvm_tiny.ir.quant import MhsaInt8Params
 from tvm_tiny.partition.describe import describe_mhsa, offloaded_symbol
 from tvm_tiny.partition.partitioner import mhsa_functions, partition_for_tiny
 from tvm_tiny.targets.boards import Board, get_board
 
 #: Task name per dtype: the library kernel measured (``kernels/mhsa/tt_mhsa_<type>.c``).
-TASK_NAMES = {DType.FLOAT32: "tt_mhsa_f32"}
+TASK_NAMES = {DType.FLOAT32: "tt_mhsa_f32", DType.INT8: "tt_mhsa_s8"}
 
 
 @dataclass(frozen=True)
@@ -122,12 +128,18 @@ def board_of_target(target: str) -> str | None:
 
 @dataclass(frozen=True)
 class TuningTask:
-    """One MHSA workload on one board, with the weights to measure it with."""
+    """One MHSA workload on one board, with the weights to measure it with (for int8, the
+    dequantized weights and ``quant``, the integer side the kernel runs)."""
 
     board: str
     workload: Workload
     weights: MhsaWeights = field(repr=False, compare=False)
     symbols: tuple[str, ...] = ()  # the offloaded MHSAs of the model this task covers
+    quant: MhsaInt8Params | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.workload.dtype == DType.INT8 and self.quant is None:
+            raise ValueError(f"int8 task {self.workload.describe()} needs its quantization")
 
     @property
     def name(self) -> str:
@@ -142,7 +154,10 @@ class TuningTask:
         return target_string(get_board(self.board))
 
     def default_config(self) -> KernelConfig:
-        return KernelConfig.default_for(self.shape, self.weights)
+        """The config a build without records uses (``codegen.ext.default_choice``: int8
+        layers are never pruned, so their default is by shape alone)."""
+        weights = self.weights if self.workload.dtype == DType.FLOAT32 else None
+        return KernelConfig.default_for(self.shape, weights)
 
     def describe(self) -> str:
         return f"{self.name} {self.workload.describe()} on {self.board}"
@@ -169,7 +184,8 @@ def extract_tasks(model: Any, target: str) -> list[TuningTask]:
         if workload in tasks:
             old = tasks[workload]
             tasks[workload] = TuningTask(old.board, workload, old.weights,
-                                         (*old.symbols, symbol))
+                                         (*old.symbols, symbol), old.quant)
         else:
-            tasks[workload] = TuningTask(board.name, workload, desc.weights, (symbol,))
+            tasks[workload] = TuningTask(board.name, workload, desc.weights, (symbol,),
+                                         desc.quant)
     return list(tasks.values())
