@@ -34,6 +34,7 @@ from tvm_tiny.partition.patterns import (
 )
 from tvm_tiny.partition.proof_mark import RemoveProofMarks, count_marks, unclaimed_marks
 from tvm_tiny.partition.qdq import FoldConstantExceptInt8Weights, int8_matmul_weights
+from tvm_tiny.partition.split_dequantize import SplitSharedDequantize
 
 __all__ = ["CODEGEN_NAME", "PartitionReport", "composite_name", "linear_s8_functions",
            "mhsa_functions", "offloaded_functions", "partition_for_tiny",
@@ -109,6 +110,7 @@ def partition_for_tiny(mod: tvm.IRModule, report: PartitionReport | None = None,
             FoldConstantExceptInt8Weights(
                 every_int8_weight if keep_int8_weights else kept_int8_weights, refold=True),
             relax.transform.DeadCodeElimination(),
+            SplitSharedDequantize(),
         ])(mod)
     patterns = [p for p in get_patterns_with_prefix(PATTERN_PREFIX)
                 if sparse or p.name != LINEAR_SPARSE_COMPOSITE]
