@@ -85,10 +85,10 @@ class CompiledGraph:
 
 
 def _lower(mod: tvm.IRModule, name: str, profile: Board, externs: dict[str, ExternKernel],
-           arena_limit: int | None = None, provenance: Provenance = UNKNOWN
-           ) -> tuple[AotResult, str]:
+           arena_limit: int | None = None, provenance: Provenance = UNKNOWN,
+           integer: bool = False) -> tuple[AotResult, str]:
     """TVM lowering of what is left, TIR to C, and the AOT plan: (aot, TIR C source)."""
-    lowered = fuse_and_plan(mod)
+    lowered = fuse_and_plan(mod, inline_single_use=integer)
     tir = build_tir_to_c(lowered, profile.tvm_target(), f"tvmtiny_{name}", provenance)
     aot = emit_aot(tir.module["main"], name, externs, tir.tir_symbols, tir.workspace_bytes,
                    alignment=DEFAULT_ALIGNMENT, arena_limit=arena_limit, provenance=provenance)
@@ -103,7 +103,8 @@ def _compile(mod: tvm.IRModule, name: str, profile: Board, offload_mhsa: bool,
     result = offload(mod, name, profile, tuning_log, sparse, provenance, integer=integer,
                      int8_io=int8_io) if offload_mhsa else None
     aot, tir_c = _lower(result.module if result else mod, name, profile,
-                        result.externs if result else {}, arena_limit, provenance)
+                        result.externs if result else {}, arena_limit, provenance,
+                        integer and result is not None)
     return CompiledGraph(aot, tir_c, result)
 
 

@@ -15,6 +15,7 @@ from tvm_tiny.ir.cformat import c_define
 from tvm_tiny.ir.errors import LoweringError
 from tvm_tiny.ir.native_log import quiet_take_fast_mode
 from tvm_tiny.ir.provenance import UNKNOWN, Provenance
+from tvm_tiny.lower.inline import InlineSingleUseElementwise
 from tvm_tiny.lower.workspace import WorkspaceRecorder, workspace_bytes
 
 # TVM's C code generator leaves shape/stride locals and packed-ABI parameters unused. We compile
@@ -55,7 +56,7 @@ class LoweredModel:
     workspace_bytes: dict[str, int] = field(default_factory=dict)
 
 
-def fuse_and_plan(mod: tvm.IRModule) -> tvm.IRModule:
+def fuse_and_plan(mod: tvm.IRModule, inline_single_use: bool = False) -> tvm.IRModule:
     """Legalize and fuse the remaining Relax ops, then plan memory statically.
 
     ``default_build_pipeline`` does not fuse on its own (see the 0.27 notes), so LegalizeOps,
@@ -63,7 +64,8 @@ def fuse_and_plan(mod: tvm.IRModule) -> tvm.IRModule:
     the default pipeline then turns every intermediate into a static storage token, which is what
     the AOT emitter reads. LegalizeOps prints TVM's "Fast mode segfaults" warning once per
     ``relax.take`` of an ONNX ``Gather`` (see :mod:`tvm_tiny.ir.native_log`); that one line is
-    kept from the user, nothing else.
+    kept from the user, nothing else. ``inline_single_use`` inlines the single-use steps of each
+    fused function (:mod:`tvm_tiny.lower.inline`; integer builds).
     """
     seq = tvm.transform.Sequential(
         [
@@ -72,6 +74,7 @@ def fuse_and_plan(mod: tvm.IRModule) -> tvm.IRModule:
             relax.transform.FoldConstant(),
             relax.transform.FuseOps(),
             relax.transform.FuseTIR(),
+            *([InlineSingleUseElementwise()] if inline_single_use else []),
             relax.transform.DeadCodeElimination(),
             relax.pipeline.default_build_pipeline(),
         ]
