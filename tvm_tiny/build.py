@@ -120,7 +120,7 @@ def layerwise_peak_bytes(composite: relax.Function, model: str, profile: Board) 
 
 
 _BUILD_DEFAULTS = {"target": "host", "offload": True, "tuning_log": None, "arena_bytes": None,
-                   "name": None, "sparse": True, "integer": False, "int8_io": False}
+                   "name": None, "sparse": True, "integer": True, "int8_io": False}
 """The defaults of :func:`build`'s arguments that shape the C: the provenance header names only
 those set apart from them (``compare`` changes ``metadata.json`` alone, so the C omits it)."""
 
@@ -128,7 +128,7 @@ those set apart from them (``compare`` changes ``metadata.json`` alone, so the C
 def build(model: ModelLike, target: str = "host", offload: bool = True,
           tuning_log: str | None = None, *, arena_bytes: int | None = None,
           name: str | None = None, sparse: bool = True, compare: bool = False,
-          integer: bool = False, int8_io: bool = False) -> TinyModule:
+          integer: bool = True, int8_io: bool = False) -> TinyModule:
     """Compile ``model`` into a self-contained C program for ``target``.
 
     Parameters
@@ -163,6 +163,17 @@ def build(model: ModelLike, target: str = "host", offload: bool = True,
         ``["layerwise_memory_plan"]`` and each
         offloaded entry's ``layerwise_peak_bytes``. Off by default: it compiles the model again
         (about twice the build time); without it those keys are ``None``.
+    integer
+        For int8 (QDQ) models: compute the rest of the graph in integers too
+        (``integerize.IntegerizeQDQ``: int8 tensors between layers, lookup tables, integer
+        LayerNorm, fixed-point requantization), beside the offloaded int8 MHSA and linear
+        kernels. A region no rule proves integer stays fake-quant and
+        ``metadata["not_integerized"]`` says why. ``False`` leaves every non-offloaded op to TVM
+        as fake-quant float. Float models are unaffected.
+    int8_io
+        With ``integer``: the entry point takes and returns int8 (the graph's first quantize
+        and last dequantize are left to the caller; their scales and zero points are in
+        ``metadata["inputs"]`` and ``["outputs"]``), as TFLite Micro's int8 models do.
     """
     given = {"target": target, "offload": offload, "tuning_log": tuning_log,
              "arena_bytes": arena_bytes, "name": name, "sparse": sparse, "integer": integer,
