@@ -52,9 +52,17 @@ def layer_norm_expr(x: relax.Expr, p: LayerNormS8) -> relax.Expr:
     """The integer program of ``p`` on the int8 tensor ``x`` (normalized along its last axis),
     op for op the golden :func:`tvm_tiny.reference.integer_norm.layer_norm_s8`."""
     op = relax.op
-    d = op.subtract(op.astype(x, "int64"), _i64(p.x_zero))
-    c = op.subtract(op.multiply(d, _i64(p.n)), op.sum(d, axis=[-1], keepdims=True))
-    t = op.sum(op.multiply(c, c), axis=[-1], keepdims=True)
+
+    def centered() -> relax.Expr:
+        # c = n d - sum(d), rebuilt from the int8 x at every use: the int64 [.., n] tensor then
+        # never outlives one fused function (held between the variance and the output it would
+        # take 8 bytes per element of the arena), and each copy is read once, so it inlines.
+        d = op.subtract(op.astype(x, "int64"), _i64(p.x_zero))
+        return op.subtract(op.multiply(d, _i64(p.n)), row_sum)
+
+    row_sum = op.sum(op.subtract(op.astype(x, "int64"), _i64(p.x_zero)), axis=[-1],
+                     keepdims=True)
+    t = op.sum(op.multiply(centered(), centered()), axis=[-1], keepdims=True)
     t = op.maximum(op.add(op.left_shift(t, _i64(2 * p.k0)), _i64(p.eps)), _i64(1))
     k = None
     for j in range(1, NORM_SEARCH + 1):
@@ -67,7 +75,7 @@ def layer_norm_expr(x: relax.Expr, p: LayerNormS8) -> relax.Expr:
     r = op.subtract(r, op.astype(op.greater(op.multiply(r, r), tn), "int64"))
     inv = op.floor_divide(_i64(1 << 62), r)
     sh = op.maximum(op.subtract(_i64(62 - LN_FRAC_BITS - p.k0), k), _i64(0))
-    norm = op.right_shift(op.multiply(c, inv), sh)
+    norm = op.right_shift(op.multiply(centered(), inv), sh)
     acc = op.add(op.multiply(norm, _i64(p.gain)), _i64(p.offset))
     y = op.right_shift(op.add(acc, _i64(1 << (p.out_shift - 1))), _i64(p.out_shift))
     lo, hi = p.out.range
