@@ -132,6 +132,7 @@ class _MainWalker:
         self.storage_of: dict[relax.Var, int] = {}
         self.tensors: dict[relax.Var, TensorRef] = {}
         self.constants: list[tuple[relax.Expr, np.ndarray]] = []
+        self._const_by_value: dict[tuple[str, tuple[int, ...], bytes], int] = {}
         self.steps: list[Step] = []
         self.tuples: dict[relax.Var, list[relax.Expr]] = {}
         self.inputs: list[TensorSpec] = []
@@ -151,11 +152,19 @@ class _MainWalker:
             self.result = relax.Tuple(self.tuples[self.result])
 
     def _const_ref(self, expr: relax.Expr) -> TensorRef:
-        """The constant's index, shared by every use of the same constant object."""
+        """The constant's index, shared by every use of the same constant object, and by every
+        constant with the same dtype, shape and bytes: weights a model shares between layers
+        (a Neural-ODE backbone reuses one set per step) come out of the passes as separate
+        objects, and are stored once."""
         index = next((k for k, (c, _) in enumerate(self.constants) if c.same_as(expr)), None)
         if index is None:
-            self.constants.append((expr, constant_value(expr)))
-            index = len(self.constants) - 1
+            value = constant_value(expr)
+            key = (str(value.dtype), tuple(value.shape), value.tobytes())
+            index = self._const_by_value.get(key)
+            if index is None:
+                self.constants.append((expr, value))
+                index = len(self.constants) - 1
+                self._const_by_value[key] = index
         i = index
         value = self.constants[i][1]
         return TensorRef(TensorKind.CONST, i, 0, tuple(value.shape), str(value.dtype))
