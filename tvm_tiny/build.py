@@ -86,9 +86,10 @@ class CompiledGraph:
 
 def _lower(mod: tvm.IRModule, name: str, profile: Board, externs: dict[str, ExternKernel],
            arena_limit: int | None = None, provenance: Provenance = UNKNOWN,
-           integer: bool = False) -> tuple[AotResult, str]:
-    """TVM lowering of what is left, TIR to C, and the AOT plan: (aot, TIR C source)."""
-    lowered = fuse_and_plan(mod, inline_single_use=integer)
+           inline: bool = False) -> tuple[AotResult, str]:
+    """TVM lowering of what is left, TIR to C, and the AOT plan: (aot, TIR C source).
+    ``inline``: tvm_tiny's own lowering (lower/inline.py); TVM alone runs without it."""
+    lowered = fuse_and_plan(mod, inline_single_use=inline)
     tir = build_tir_to_c(lowered, profile.tvm_target(), f"tvmtiny_{name}", provenance)
     aot = emit_aot(tir.module["main"], name, externs, tir.tir_symbols, tir.workspace_bytes,
                    alignment=DEFAULT_ALIGNMENT, arena_limit=arena_limit, provenance=provenance)
@@ -104,7 +105,7 @@ def _compile(mod: tvm.IRModule, name: str, profile: Board, offload_mhsa: bool,
                      int8_io=int8_io) if offload_mhsa else None
     aot, tir_c = _lower(result.module if result else mod, name, profile,
                         result.externs if result else {}, arena_limit, provenance,
-                        integer and result is not None)
+                        inline=result is not None)
     return CompiledGraph(aot, tir_c, result)
 
 
@@ -169,7 +170,7 @@ def build(model: ModelLike, target: str = "host", offload: bool = True,
         LayerNorm, fixed-point requantization), beside the offloaded int8 MHSA and linear
         kernels. A region no rule proves integer stays fake-quant and
         ``metadata["not_integerized"]`` says why. ``False`` leaves every non-offloaded op to TVM
-        as fake-quant float. Float models are unaffected.
+        as fake-quant float. Float models are unaffected by it.
     int8_io
         With ``integer``: the entry point takes and returns int8 (the graph's first quantize
         and last dequantize are left to the caller; their scales and zero points are in

@@ -12,8 +12,10 @@ estimate twice, and inlining them grows the expression exponentially; TVM then t
 simplify it). TVM 0.27 has no Python TIR visitor, so the reads are counted in the consumer's
 printed TIR (``name[`` occurrences of the buffer).
 
-Runs after ``FuseTIR``, before the default build pipeline plans memory. Used for integer builds
-(``build(..., integer=True)``) only, so float builds keep today's code and counts.
+Runs after ``FuseTIR``, before the default build pipeline plans memory, in every build that
+offloads (``build(..., offload=True)``, float and int8 alike: each output element is computed
+by the same expression as before, so outputs do not change). ``offload=False``, the TVM-alone
+baseline, keeps TVM's plain pipeline.
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ def fuse_and_plan(mod: tvm.IRModule, inline_single_use: bool = False) -> tvm.IRM
     the AOT emitter reads. LegalizeOps prints TVM's "Fast mode segfaults" warning once per
     ``relax.take`` of an ONNX ``Gather`` (see :mod:`tvm_tiny.ir.native_log`); that one line is
     kept from the user, nothing else. ``inline_single_use`` inlines the single-use steps of each
-    fused function (:mod:`tvm_tiny.lower.inline`; integer builds).
+    fused function (:mod:`tvm_tiny.lower.inline`; every build that offloads).
     """
     seq = tvm.transform.Sequential(
         [
