@@ -14,11 +14,17 @@
  * SXTB16 order [x0 x2 x1 x3], so that with the weight word w in natural order
  * SMLAD(x.lo, SXTB16(w)) + SMLAD(x.hi, SXTB16(w ROR 8)) is the 4-term dot
  * product; per group of 4 k a 2x2 tile does 3 double-word loads, 4 SXTB16
- * and 8 SMLAD for 16 MACs. SDOT4: the x bytes are copied zero-padded and each
- * group is one tt_sdot4 per tile element (4 loads, 4 dot products per 16 MACs).
+ * and 8 SMLAD for 16 MACs. SMLAD one-step layers on the fast requantization
+ * (pairs_one) have a branch-free output stage per 2x2 tile: the four outputs
+ * minus act_min (act_min folded into the rounding constant), USAT to 0 .. 255,
+ * packed into one word, clamped to act_max - act_min and moved back by act_min
+ * per byte (USUB8/SEL, UADD8), stored as two halfwords. SDOT4: the x bytes are
+ * copied zero-padded and each group is one tt_sdot4 per tile element (4 loads,
+ * 4 dot products per 16 MACs).
  */
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "tt_linear_s8.h"
 #include "tt_simd.h"
@@ -251,25 +257,48 @@ static void linear_s8_run(const tt_linear_dims *d, const tt_linear_s8_config *cf
 #if defined(TT_LINEAR_S8_SMLAD)
 typedef int16_t xb_t; /**< widened x element */
 
+/** The last group of a row (K % 4 elements of src, zero-padded) to out. */
+static void widen_tail(const int8_t *src, int32_t n, int16_t *out) {
+  uint32_t w = 0;
+  for (int32_t i = 0; i < n; ++i) {
+    w |= (uint32_t)(uint8_t)src[i] << (8 * i);
+  }
+  tt_store32(out, tt_sxtb16(w));
+  tt_store32(out + 2, tt_sxtb16_ror8(w));
+}
+
 /** x rows [rows][K] into the PI buffer dst [rows][k4], int16 in SXTB16 order per group. */
-static void widen_block(const int8_t *x, int32_t K, int32_t rows, int32_t k4, int16_t *dst) {
-  for (int32_t r = 0; r < rows; ++r) {
+static TT_NOINLINE void widen_block(const int8_t *x, int32_t K, int32_t rows, int32_t k4,
+                                    int16_t *dst) {
+  const int32_t full = K & ~3;
+  int32_t r = 0;
+  for (; r + 1 < rows; r += 2) { /* a row pair: both rows of each group in one sweep */
+    const int8_t *s0 = x + r * K;
+    const int8_t *s1 = s0 + K;
+    int16_t *out = dst + r * k4;
+    for (int32_t k = 0; k < full; k += 4, out += 8) {
+      const uint32_t w0 = tt_load32(s0 + k);
+      const uint32_t w1 = tt_load32(s1 + k);
+      tt_store32(out, tt_sxtb16(w0));
+      tt_store32(out + 2, tt_sxtb16_ror8(w0));
+      tt_store32(out + 4, tt_sxtb16(w1));
+      tt_store32(out + 6, tt_sxtb16_ror8(w1));
+    }
+    if (full < K) {
+      widen_tail(s0 + full, K - full, out);
+      widen_tail(s1 + full, K - full, out + 4);
+    }
+  }
+  if (r < rows) { /* a last odd row: contiguous */
     const int8_t *src = x + r * K;
-    const int32_t gs = (r | 1) < rows ? 8 : 4;
-    int16_t *out = dst + pi_off(r, 0, rows, k4);
-    int32_t k = 0;
-    for (; k + 4 <= K; k += 4, out += gs) {
+    int16_t *out = dst + r * k4;
+    for (int32_t k = 0; k < full; k += 4, out += 4) {
       const uint32_t w = tt_load32(src + k);
       tt_store32(out, tt_sxtb16(w));
       tt_store32(out + 2, tt_sxtb16_ror8(w));
     }
-    if (k < K) { /* the last group, zero-padded */
-      uint32_t w = 0;
-      for (int32_t i = 0; k + i < K; ++i) {
-        w |= (uint32_t)(uint8_t)src[k + i] << (8 * i);
-      }
-      tt_store32(out, tt_sxtb16(w));
-      tt_store32(out + 2, tt_sxtb16_ror8(w));
+    if (full < K) {
+      widen_tail(src + full, K - full, out);
     }
   }
 }
@@ -298,27 +327,57 @@ static TT_ALWAYS_INLINE void step_2x2(const int16_t **a, const int16_t **w, int3
   *s11 = tt_smlad(x1, c1o, *s11);
 }
 
-/** s[2 r + c] += row r . column c over `groups` groups of 4 k. */
-static TT_ALWAYS_INLINE void dot_2x2(const int16_t *a, const int8_t *w8, int32_t groups,
-                                     int32_t s[4]) {
+/** s[2 r + c] += row r . column c over `groups` groups of 4 k; *pa moves past the row pair.
+ *  unroll (a constant): 8 or 4 when groups is a positive multiple of it, else 0. */
+static TT_ALWAYS_INLINE void dot_2x2_ia4(const int16_t **pa, const int8_t *w8, int32_t groups,
+                                         int unroll, int32_t s[4]) {
+  const int16_t *a = *pa;
   const int16_t *w = (const int16_t *)(const void *)w8; /* 4-byte aligned; word loads only */
   int32_t s00 = s[0];
   int32_t s01 = s[1];
   int32_t s10 = s[2];
   int32_t s11 = s[3];
-  for (int32_t n = groups >> 2; n > 0; --n) {
-    step_2x2(&a, &w, &s00, &s01, &s10, &s11);
-    step_2x2(&a, &w, &s00, &s01, &s10, &s11);
-    step_2x2(&a, &w, &s00, &s01, &s10, &s11);
-    step_2x2(&a, &w, &s00, &s01, &s10, &s11);
+  if (unroll == 8) { /* groups a positive multiple of 8 */
+    uint32_t n = (uint32_t)groups >> 3;
+    do {
+      step_2x2(&a, &w, &s00, &s01, &s10, &s11);
+      step_2x2(&a, &w, &s00, &s01, &s10, &s11);
+      step_2x2(&a, &w, &s00, &s01, &s10, &s11);
+      step_2x2(&a, &w, &s00, &s01, &s10, &s11);
+      step_2x2(&a, &w, &s00, &s01, &s10, &s11);
+      step_2x2(&a, &w, &s00, &s01, &s10, &s11);
+      step_2x2(&a, &w, &s00, &s01, &s10, &s11);
+      step_2x2(&a, &w, &s00, &s01, &s10, &s11);
+    } while (--n != 0);
+  } else if (unroll) { /* groups a positive multiple of 4 */
+    uint32_t n = (uint32_t)groups >> 2;
+    do {
+      step_2x2(&a, &w, &s00, &s01, &s10, &s11);
+      step_2x2(&a, &w, &s00, &s01, &s10, &s11);
+      step_2x2(&a, &w, &s00, &s01, &s10, &s11);
+      step_2x2(&a, &w, &s00, &s01, &s10, &s11);
+    } while (--n != 0);
+  } else {
+    for (int32_t n = groups >> 2; n > 0; --n) {
+      step_2x2(&a, &w, &s00, &s01, &s10, &s11);
+      step_2x2(&a, &w, &s00, &s01, &s10, &s11);
+      step_2x2(&a, &w, &s00, &s01, &s10, &s11);
+      step_2x2(&a, &w, &s00, &s01, &s10, &s11);
+    }
+    for (int32_t n = groups & 3; n > 0; --n) {
+      step_2x2(&a, &w, &s00, &s01, &s10, &s11);
+    }
   }
-  for (int32_t n = groups & 3; n > 0; --n) {
-    step_2x2(&a, &w, &s00, &s01, &s10, &s11);
-  }
+  *pa = a;
   s[0] = s00;
   s[1] = s01;
   s[2] = s10;
   s[3] = s11;
+}
+
+static TT_ALWAYS_INLINE void dot_2x2(const int16_t *a, const int8_t *w8, int32_t groups,
+                                     int32_t s[4]) {
+  dot_2x2_ia4(&a, w8, groups, 0, s);
 }
 
 /** s[c] += one contiguous row . column c of a column pair. */
@@ -496,6 +555,207 @@ static TT_NOINLINE void pair_rows_two(const xb_t *xb, int32_t rows, int32_t k4, 
   pair_rows(OUT_TWO_STEP, xb, rows, k4, w, yo, N, o, q0, q1);
 }
 
+#if defined(TT_LINEAR_S8_SMLAD)
+/* ------------------------------------------------------------------ packed output stage */
+
+/** Per byte lane: min(a, b) of unsigned bytes. */
+static TT_ALWAYS_INLINE uint32_t umin8x4(uint32_t a, uint32_t b) {
+#if defined(TT_SIMD_ARM_DSP)
+  uint32_t r; /* GE[i] = (a.b_i >= b.b_i), then GE ? b : a; one asm keeps the flags together */
+  __asm__("usub8 %0, %1, %2\n\tsel %0, %2, %1" : "=&r"(r) : "r"(a), "r"(b) : "cc");
+  return r;
+#else
+  uint32_t r = 0;
+  for (int i = 0; i < 32; i += 8) {
+    const uint32_t x = (a >> i) & 0xFFu;
+    const uint32_t y = (b >> i) & 0xFFu;
+    r |= (x < y ? x : y) << i;
+  }
+  return r;
+#endif
+}
+
+/** Per byte lane: a + b mod 2^8. */
+static TT_ALWAYS_INLINE uint32_t uadd8x4(uint32_t a, uint32_t b) {
+#if defined(TT_SIMD_ARM_DSP)
+  uint32_t r;
+  __asm__("uadd8 %0, %1, %2" : "=r"(r) : "r"(a), "r"(b) : "cc");
+  return r;
+#else
+  return ((a & 0x7F7F7F7Fu) + (b & 0x7F7F7F7Fu)) ^ ((a ^ b) & 0x80808080u);
+#endif
+}
+
+/** Bytes 0 and 1 of v to y[0] and y[1]. */
+static TT_ALWAYS_INLINE void store2(int8_t *y, uint32_t v) {
+#if defined(TT_SIMD_ARM_DSP) && !defined(__ARM_BIG_ENDIAN)
+  const uint16_t h = (uint16_t)v;
+  memcpy(y, &h, sizeof h);
+#else
+  uint8_t *b = (uint8_t *)(void *)y;
+  b[0] = (uint8_t)v;
+  b[1] = (uint8_t)(v >> 8);
+#endif
+}
+
+/** The one-step output stage of a column pair, fast requantization only: output n - act_min
+ *  = (smmul(acc, mult_n) + add_n) >> s_n with add_n = 2^(s_n-1) + (zp_y - act_min) 2^s_n
+ *  (|add_n| < 2^21 + 255 2^22 and |smmul| <= 2^30: the sum stays in int32). */
+typedef struct { /* the order is the one of out_tile's double-word loads */
+  int32_t bias0;
+  int32_t bias1;
+  int32_t mult0;
+  int32_t mult1;
+  int32_t add0;
+  int32_t add1;
+  int32_t s0;
+  int32_t s1;
+  uint32_t span4; /**< act_max - act_min in every byte */
+  uint32_t lo4;   /**< act_min in every byte */
+} pair_one;
+
+/** out_tile's asm loads pair_one by offset: a compile-time check of the layout (C99). */
+typedef char pair_one_layout_check[offsetof(pair_one, mult0) == 8 &&
+                                           offsetof(pair_one, add0) == 16 &&
+                                           offsetof(pair_one, s0) == 24 &&
+                                           offsetof(pair_one, span4) == 32 &&
+                                           offsetof(pair_one, lo4) == 36
+                                       ? 1
+                                       : -1];
+
+static TT_ALWAYS_INLINE uint32_t one_u(int32_t acc, int32_t mult, int32_t add, int32_t s) {
+  return (uint32_t)tt_usat8((tt_smmul(acc, mult) + add) >> s);
+}
+
+/** The four outputs of a 2x2 tile (s[2 r + c]: row r, column c) to yo[r N + c]. */
+static TT_ALWAYS_INLINE void out_tile(const pair_one *q, const int32_t s[4], int8_t *yo,
+                                      int32_t N) {
+#if defined(TT_SIMD_ARM_DSP) && !defined(__ARM_BIG_ENDIAN)
+  int32_t a0 = s[0];
+  int32_t a1 = s[1];
+  int32_t a2 = s[2];
+  int32_t a3 = s[3];
+  int32_t t0;
+  int32_t t1;
+  __asm__ volatile(
+      "ldrd %[t0], %[t1], [%[q], #8]\n\t"
+      "smmul %[a0], %[a0], %[t0]\n\t"
+      "smmul %[a2], %[a2], %[t0]\n\t"
+      "smmul %[a1], %[a1], %[t1]\n\t"
+      "smmul %[a3], %[a3], %[t1]\n\t"
+      "ldrd %[t0], %[t1], [%[q], #16]\n\t"
+      "add %[a0], %[a0], %[t0]\n\t"
+      "add %[a2], %[a2], %[t0]\n\t"
+      "add %[a1], %[a1], %[t1]\n\t"
+      "add %[a3], %[a3], %[t1]\n\t"
+      "ldrd %[t0], %[t1], [%[q], #24]\n\t"
+      "asr %[a0], %[a0], %[t0]\n\t"
+      "asr %[a2], %[a2], %[t0]\n\t"
+      "asr %[a1], %[a1], %[t1]\n\t"
+      "asr %[a3], %[a3], %[t1]\n\t"
+      "usat %[a0], #8, %[a0]\n\t"
+      "usat %[a1], #8, %[a1]\n\t"
+      "usat %[a2], #8, %[a2]\n\t"
+      "usat %[a3], #8, %[a3]\n\t"
+      "pkhbt %[a0], %[a0], %[a2], lsl #16\n\t"
+      "pkhbt %[a1], %[a1], %[a3], lsl #16\n\t"
+      "orr %[a0], %[a0], %[a1], lsl #8\n\t"
+      "ldrd %[t0], %[t1], [%[q], #32]\n\t"
+      "usub8 %[a1], %[a0], %[t0]\n\t"
+      "sel %[a0], %[t0], %[a0]\n\t"
+      "uadd8 %[a0], %[a0], %[t1]\n\t"
+      "strh %[a0], [%[y]]\n\t"
+      "lsr %[a0], %[a0], #16\n\t"
+      "strh %[a0], [%[y], %[n]]"
+      : [a0] "+&r"(a0), [a1] "+&r"(a1), [a2] "+&r"(a2), [a3] "+&r"(a3), [t0] "=&r"(t0),
+        [t1] "=&r"(t1)
+      : [q] "r"(q), [y] "r"(yo), [n] "r"(N)
+      : "cc", "memory");
+#else
+  const uint32_t u0 = one_u(s[0], q->mult0, q->add0, q->s0);
+  const uint32_t u2 = one_u(s[2], q->mult0, q->add0, q->s0);
+  const uint32_t u1 = one_u(s[1], q->mult1, q->add1, q->s1);
+  const uint32_t u3 = one_u(s[3], q->mult1, q->add1, q->s1);
+  const uint32_t u = tt_pack16((int32_t)u0, (int32_t)u2) |
+                     (tt_pack16((int32_t)u1, (int32_t)u3) << 8);
+  const uint32_t v = uadd8x4(umin8x4(u, q->span4), q->lo4);
+  store2(yo, v);
+  store2(yo + N, v >> 16);
+#endif
+}
+
+/** pair_rows for one-step layers with both columns on the fast requantization; unroll as in
+ *  dot_2x2_ia4. */
+static TT_ALWAYS_INLINE void pair_rows_one_t(int unroll, const pair_one *q, const xb_t *a,
+                                             int32_t rows, int32_t k4, const int8_t *w,
+                                             int8_t *yo, int32_t N) {
+  const int32_t groups = k4 >> 2;
+  const xb_t *const end = a + (rows & ~1) * k4;
+  while (a != end) { /* dot_2x2 leaves a at the next row pair */
+    int32_t s[4] = {q->bias0, q->bias1, q->bias0, q->bias1};
+    dot_2x2_ia4(&a, w, groups, unroll, s);
+    out_tile(q, s, yo, N);
+    yo += 2 * N;
+  }
+  if (rows & 1) { /* last odd row: contiguous */
+    int32_t s[2] = {q->bias0, q->bias1};
+    dot_1x2(a, w, groups, s);
+    const uint32_t u = one_u(s[0], q->mult0, q->add0, q->s0) |
+                       (one_u(s[1], q->mult1, q->add1, q->s1) << 8);
+    store2(yo, uadd8x4(umin8x4(u, q->span4), q->lo4));
+  }
+}
+
+/** One-step layers: the column pairs from c on of a block (outputs y0 = its first row) while
+ *  both columns of a pair take the fast requantization; returns the first column not done. */
+static TT_ALWAYS_INLINE int32_t pairs_one_t(int unroll, const tt_linear_s8_params *p,
+                                            const xb_t *xb, int32_t rows, int32_t k4, int8_t *y0,
+                                            int32_t N, int32_t c) {
+  const int32_t step = p->per_channel; /* 0 or 1: the mult/shift stride */
+  const int32_t *mp = p->mult + step * c;
+  const int32_t *shp = p->shift + step * c;
+  const int32_t *bp = p->kernel_bias + c;
+  const int32_t zl = p->y_zero_point - p->act_min;
+  const int8_t *w = p->weights + c * k4;
+  pair_one q;
+  q.span4 = (uint32_t)(p->act_max - p->act_min) * 0x01010101u;
+  q.lo4 = ((uint32_t)p->act_min & 0xFFu) * 0x01010101u;
+  for (; c + 1 < N; c += 2, w += 2 * k4, bp += 2, mp += 2 * step, shp += 2 * step) {
+    const int32_t s0 = -1 - shp[0];
+    const int32_t s1 = -1 - shp[step];
+    if ((uint32_t)(s0 - 1) > 21u || (uint32_t)(s1 - 1) > 21u) {
+      break; /* a shift outside 1 .. 22 needs rq_slow */
+    }
+    q.bias0 = bp[0];
+    q.bias1 = bp[1];
+    q.mult0 = mp[0];
+    q.mult1 = mp[step];
+    q.add0 = ((int32_t)1 << (s0 - 1)) + zl * ((int32_t)1 << s0);
+    q.add1 = ((int32_t)1 << (s1 - 1)) + zl * ((int32_t)1 << s1);
+    q.s0 = s0;
+    q.s1 = s1;
+    pair_rows_one_t(unroll, &q, xb, rows, k4, w, y0 + c, N);
+  }
+  return c;
+}
+
+static TT_NOINLINE int32_t pairs_one(const tt_linear_s8_params *p, const xb_t *xb,
+                                     int32_t rows, int32_t k4, int8_t *y0, int32_t N, int32_t c) {
+  return pairs_one_t(0, p, xb, rows, k4, y0, N, c);
+}
+
+static TT_NOINLINE int32_t pairs_one4(const tt_linear_s8_params *p, const xb_t *xb,
+                                      int32_t rows, int32_t k4, int8_t *y0, int32_t N, int32_t c) {
+  return pairs_one_t(4, p, xb, rows, k4, y0, N, c);
+}
+
+static TT_NOINLINE int32_t pairs_one8(const tt_linear_s8_params *p, const xb_t *xb,
+                                      int32_t rows, int32_t k4, int8_t *y0, int32_t N, int32_t c) {
+  return pairs_one_t(8, p, xb, rows, k4, y0, N, c);
+}
+
+#endif
+
 static void linear_s8_run(const tt_linear_dims *d, const tt_linear_s8_config *cfg,
                           const tt_linear_s8_params *p, const int8_t *x, int8_t *y,
                           int8_t *scratch) {
@@ -513,6 +773,16 @@ static void linear_s8_run(const tt_linear_dims *d, const tt_linear_s8_config *cf
     widen_block(x + r0 * K, K, rows, k4, xb);
     int32_t c = 0;
     for (; c + 1 < N; c += 2) {
+#if defined(TT_LINEAR_S8_SMLAD)
+      if (!o.two_step) { /* as many pairs as possible on the fast one-step path */
+        c = ((k4 & 31) == 0   ? pairs_one8
+             : (k4 & 15) == 0 ? pairs_one4
+                              : pairs_one)(p, xb, rows, k4, y + r0 * N, N, c);
+        if (c + 1 >= N) {
+          break;
+        }
+      }
+#endif
       const int8_t *w = p->weights + c * k4; /* column pair c/2 */
       const col_out q0 = col_prepare(p, c);
       const col_out q1 = col_prepare(p, c + 1);
