@@ -161,18 +161,18 @@ def offload(mod: tvm.IRModule, model: str, profile: Board, tuning_log: str | Non
     io = None
     if integer:
         mod, not_integerized, io = integerize(mod, int8_io)
-    mhsa_symbols = [offloaded_symbol(mod[gv]) for gv in mhsa_functions(mod)]
+    mhsa_gvs = mhsa_functions(mod)
     linear_gvs = sparse_linear_functions(mod) + linear_s8_functions(mod)
+    mhsa_symbols = [offloaded_symbol(mod[gv]) for gv in mhsa_gvs]
     linear_symbols = [offloaded_symbol(mod[gv]) for gv in linear_gvs]
     descriptors = {symbol: describe_function(mod[gv], symbol)
-                   for gv, symbol in zip(mhsa_functions(mod) + linear_gvs,
-                                         mhsa_symbols + linear_symbols)}
+                   for gv, symbol in zip(mhsa_gvs + linear_gvs, mhsa_symbols + linear_symbols)}
     mhsa_descs = {s: d for s, d in descriptors.items() if isinstance(d, MhsaDescriptor)}
     session = CodegenSession(model, profile.cluster_cores,
                              _kernel_choices(mhsa_descs, profile, tuning_log, sparse),
                              dict(descriptors), provenance=provenance)
-    composites = {symbol: composite_function(mod[gv])
-                  for gv, symbol in zip(mhsa_functions(mod), mhsa_symbols)}
+    composites = {symbol: standalone_composite(mod[gv])
+                  for gv, symbol in zip(mhsa_gvs, mhsa_symbols)}
     try:
         mod = relax.transform.RunCodegen({"tvm_tiny": session.options()})(mod)
     except Exception:  # noqa: BLE001 - the FFI retypes our error; give the user the original
@@ -203,7 +203,7 @@ def offload(mod: tvm.IRModule, model: str, profile: Board, tuning_log: str | Non
     return result
 
 
-def composite_function(func: relax.Function) -> relax.Function:
+def standalone_composite(func: relax.Function) -> relax.Function:
     """The MHSA of an offloaded wrapper as a standalone ``main`` (what TVM alone would compile)."""
     composite = composite_of(func)
     standalone = relax.Function(composite.params, composite.body, composite.ret_ty)

@@ -28,6 +28,7 @@ from tvm_tiny.ir.errors import CodegenError
 from tvm_tiny.ir.provenance import UNKNOWN, Provenance
 from tvm_tiny.ir.relax_compat import constant_value, is_constant, static_shape
 from tvm_tiny.ir.sparse import csr_rows
+from tvm_tiny.partition.partitioner import composite_of
 from tvm_tiny.partition.patterns import (
     LINEAR_SPARSE_COMPOSITE,
     make_linear_sparse_pattern,
@@ -66,22 +67,9 @@ class LinearDescriptor:
         return sparse_stored_bytes(self.nnz, self.in_features, self.out_features) + bias
 
 
-def _composite(func: relax.Function) -> relax.Function:
-    if func.attrs is not None and func.attrs.get("Composite") == LINEAR_SPARSE_COMPOSITE:
-        return func
-    for block in func.body.blocks:
-        for binding in block.bindings:
-            value = binding.value
-            if isinstance(value, relax.Function):
-                return _composite(value)
-            if isinstance(value, relax.Call) and isinstance(value.op, relax.Function):
-                return _composite(value.op)
-    raise CodegenError(f"offloaded function holds no '{LINEAR_SPARSE_COMPOSITE}' composite")
-
-
 def describe_linear(func: relax.Function, symbol: str) -> LinearDescriptor:
     """The :class:`LinearDescriptor` of an offloaded ``tvm_tiny.linear`` function."""
-    composite = _composite(func)
+    composite = composite_of(func, LINEAR_SPARSE_COMPOSITE)
     var2val = {b.var: b.value for block in composite.body.blocks for b in block.bindings}
     pattern, annotations = make_linear_sparse_pattern()
     result = composite.body.body

@@ -33,6 +33,7 @@ from tvm_tiny.ir.enums import DType
 from tvm_tiny.ir.errors import CodegenError
 from tvm_tiny.ir.provenance import UNKNOWN, Provenance
 from tvm_tiny.ir.relax_compat import static_shape
+from tvm_tiny.partition.partitioner import composite_of
 from tvm_tiny.partition.patterns import (
     LINEAR_S8_COMPOSITE,
     linear_s8_matched,
@@ -137,23 +138,10 @@ class LinearS8Descriptor:
         return self.quant.out_features
 
 
-def _composite(func: relax.Function) -> relax.Function:
-    if func.attrs is not None and func.attrs.get("Composite") == LINEAR_S8_COMPOSITE:
-        return func
-    for block in func.body.blocks:
-        for binding in block.bindings:
-            value = binding.value
-            if isinstance(value, relax.Function):
-                return _composite(value)
-            if isinstance(value, relax.Call) and isinstance(value.op, relax.Function):
-                return _composite(value.op)
-    raise CodegenError(f"offloaded function holds no '{LINEAR_S8_COMPOSITE}' composite")
-
-
 def describe_linear_s8(func: relax.Function, symbol: str) -> LinearS8Descriptor:
     """The :class:`LinearS8Descriptor` of an offloaded ``tvm_tiny.linear_s8`` function: the
     pattern matched again on its composite, its quantization read as the check read it."""
-    composite = _composite(func)
+    composite = composite_of(func, LINEAR_S8_COMPOSITE)
     var2val = {b.var: b.value for block in composite.body.blocks for b in block.bindings}
     pattern, annotations = make_linear_s8_pattern()
     result = composite.body.body

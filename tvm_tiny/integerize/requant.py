@@ -15,17 +15,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax
 
-from tvm_tiny.ir.quant import quantize_multiplier
-
-
-def multipliers(real: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
-    """(mult, shift) int64 arrays of the real multipliers ``real`` (any shape)."""
-    flat = np.atleast_1d(np.asarray(real, dtype=np.float64)).reshape(-1)
-    pairs = [quantize_multiplier(float(r)) for r in flat]
-    shape = np.shape(real)
-    mult = np.array([m for m, _ in pairs], dtype=np.int64).reshape(shape)
-    shift = np.array([s for _, s in pairs], dtype=np.int64).reshape(shape)
-    return mult, shift
+from tvm_tiny.ir.quant import quantize_multipliers
 
 
 def _const(values: np.ndarray, dtype: str) -> relax.Constant:
@@ -36,7 +26,7 @@ def requantize(acc: relax.Expr, real: np.ndarray | float, zero_point: int, *,
                lo: int = -128, hi: int = 127, out_dtype: str = "int8") -> relax.Expr:
     """``clamp(zero_point + requant(acc, real), lo, hi)`` as ``out_dtype`` (``acc``: an integer
     tensor, int32 accumulators usually; ``real``: scalar or per last-axis channel)."""
-    mult, shift = multipliers(real)
+    mult, shift = quantize_multipliers(real)
     n = 31 - shift
     if np.any(mult == 0):
         # quantize_multiplier's (0, 0): the product rounds to 0 for any int32 accumulator.

@@ -60,6 +60,7 @@ from tvm_tiny.ir.quant import (
     MhsaInt8Params,
     QParams,
     quantize_multiplier,
+    quantize_multipliers,
     round_half_away,
 )
 
@@ -265,11 +266,8 @@ def _scales(scale: np.ndarray) -> np.ndarray:
 
 
 def _multipliers(real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Elementwise :func:`quantize_multiplier`: int32 (mult, shift) arrays shaped like real."""
-    pairs = [quantize_multiplier(r) for r in np.asarray(real, dtype=np.float64).ravel()]
-    mult = np.array([m for m, _ in pairs], dtype=np.int32).reshape(np.shape(real))
-    shift = np.array([s for _, s in pairs], dtype=np.int32).reshape(np.shape(real))
-    return mult, shift
+    """int32 (mult, shift) arrays shaped like ``real``, as the kernel's tables hold them."""
+    return quantize_multipliers(real, np.int32)
 
 
 def _realized(mult: np.ndarray, shift: np.ndarray) -> np.ndarray:

@@ -78,6 +78,18 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
     return mult, exp
 
 
+def quantize_multipliers(real: np.ndarray | float, dtype: type = np.int64
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`quantize_multiplier` elementwise: (mult, shift) arrays of ``dtype`` shaped like
+    ``real`` (per-channel multipliers of every integer kernel and rule)."""
+    flat = np.atleast_1d(np.asarray(real, dtype=np.float64)).reshape(-1)
+    pairs = [quantize_multiplier(float(r)) for r in flat]
+    shape = np.shape(real)
+    mult = np.array([m for m, _ in pairs], dtype=dtype).reshape(shape)
+    shift = np.array([s for _, s in pairs], dtype=dtype).reshape(shape)
+    return mult, shift
+
+
 @dataclass(frozen=True)
 class QParams:
     """Per-tensor quantization of one activation: real = scale * (q - zero_point), q of

@@ -54,6 +54,11 @@ MAX_BYTES = 2**31 - 1
 _SKIPPED_BUILTINS = ("vm.builtin.check_tensor_info", "vm.builtin.match_shape")
 
 
+def tensor_bytes(shape: tuple[int, ...], dtype: str) -> int:
+    """Bytes of a dense tensor of ``shape`` and ``dtype``."""
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+
+
 @dataclass(frozen=True)
 class ExternKernel:
     """An offloaded kernel as the AOT needs it: its C function and its scratch need in bytes."""
@@ -76,7 +81,7 @@ class TensorRef:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+        return tensor_bytes(self.shape, self.dtype)
 
 
 @dataclass
@@ -101,7 +106,7 @@ class TensorSpec:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+        return tensor_bytes(self.shape, self.dtype)
 
 
 @dataclass

@@ -19,6 +19,7 @@ from tvm_tiny.ir.mhsa import MhsaShape, MhsaWeights
 from tvm_tiny.ir.quant import MhsaInt8Params, QParams, QWeight
 from tvm_tiny.ir.relax_compat import constant_value, is_constant, static_shape
 from tvm_tiny.partition.layout_trace import per_tensor_qparams
+from tvm_tiny.partition.partitioner import composite_of as composite_function_of
 from tvm_tiny.partition.partitioner import mhsa_functions
 from tvm_tiny.partition.patterns import (
     MHSA_COMPOSITE,
@@ -46,17 +47,8 @@ _COMPOSITES = (MHSA_COMPOSITE, MHSA_S8_COMPOSITE)
 
 
 def composite_of(func: relax.Function) -> relax.Function:
-    """The ``Composite`` function inside an offloaded wrapper (or ``func`` itself)."""
-    if func.attrs is not None and func.attrs.get("Composite") in _COMPOSITES:
-        return func
-    for block in func.body.blocks:
-        for binding in block.bindings:
-            value = binding.value
-            if isinstance(value, relax.Function):
-                return composite_of(value)
-            if isinstance(value, relax.Call) and isinstance(value.op, relax.Function):
-                return composite_of(value.op)
-    raise CodegenError("offloaded function holds no 'tvm_tiny.mhsa' composite function")
+    """The ``tvm_tiny.mhsa``/``tvm_tiny.mhsa_s8`` composite an offloaded wrapper holds."""
+    return composite_function_of(func, *_COMPOSITES)
 
 
 def describe_mhsa(func: relax.Function, symbol: str) -> MhsaDescriptor:

@@ -20,6 +20,7 @@ import tvm
 from tvm import relax
 from tvm.relax.backend.pattern_registry import get_patterns_with_prefix
 
+from tvm_tiny.ir.errors import CodegenError
 from tvm_tiny.ir.native_log import quiet_take_fast_mode
 from tvm_tiny.ir.relax_compat import is_constant, static_shape, tensor_dtype
 from tvm_tiny.partition.bindings import bindings_of
@@ -148,18 +149,35 @@ def offloaded_functions(mod: tvm.IRModule) -> list[tvm.ir.GlobalVar]:
     return sorted(marked, key=lambda gv: (order.get(gv.name_hint, len(order)), gv.name_hint))
 
 
-def composite_name(func: relax.Function) -> str | None:
-    """The ``Composite`` attribute of the function an offloaded wrapper holds (or of ``func``)."""
+def composite_function(func: relax.Function) -> relax.Function | None:
+    """The function carrying a ``Composite`` attribute: ``func`` itself, or the one an offloaded
+    wrapper holds (as a binding or as the callee of one), else None. Every kernel family reads
+    its composite back through this one walk."""
     if func.attrs is not None and func.attrs.get("Composite") is not None:
-        return str(func.attrs["Composite"])
+        return func
     for block in func.body.blocks:
         for binding in block.bindings:
             value = binding.value
             if isinstance(value, relax.Function):
-                return composite_name(value)
+                return composite_function(value)
             if isinstance(value, relax.Call) and isinstance(value.op, relax.Function):
-                return composite_name(value.op)
+                return composite_function(value.op)
     return None
+
+
+def composite_of(func: relax.Function, *names: str) -> relax.Function:
+    """:func:`composite_function`, required to be one of the composites ``names``."""
+    found = composite_function(func)
+    if found is None or str(found.attrs["Composite"]) not in names:
+        raise CodegenError(f"offloaded function holds no {' or '.join(map(repr, names))} "
+                           "composite function")
+    return found
+
+
+def composite_name(func: relax.Function) -> str | None:
+    """The ``Composite`` attribute of the function an offloaded wrapper holds (or of ``func``)."""
+    found = composite_function(func)
+    return None if found is None else str(found.attrs["Composite"])
 
 
 def mhsa_functions(mod: tvm.IRModule) -> list[tvm.ir.GlobalVar]:

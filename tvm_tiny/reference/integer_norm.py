@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tvm_tiny.ir.quant import QParams, quantize_multiplier, round_half_away
+from tvm_tiny.ir.quant import QParams, quantize_multipliers, round_half_away
 from tvm_tiny.reference.mhsa_s8 import requantize
 
 __all__ = [
@@ -37,7 +37,6 @@ __all__ = [
     "layer_norm_s8",
     "max_pool2d_s8",
     "mean_s8",
-    "multipliers",
     "normalize_shift",
     "requantize8",
     "softmax_params",
@@ -64,20 +63,10 @@ SOFTMAX_LUT_BITS = 22
 _LN_SUMSQ_LIMIT = 2**62
 
 
-def multipliers(real: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
-    """(mult, shift) int64 arrays of :func:`quantize_multiplier` over ``real`` (any shape)."""
-    flat = np.atleast_1d(np.asarray(real, dtype=np.float64)).reshape(-1)
-    pairs = [quantize_multiplier(float(r)) for r in flat]
-    shape = np.shape(real)
-    mult = np.array([m for m, _ in pairs], dtype=np.int64).reshape(shape)
-    shift = np.array([s for _, s in pairs], dtype=np.int64).reshape(shape)
-    return mult, shift
-
-
 def requantize8(acc: np.ndarray, real: np.ndarray | float, out: QParams) -> np.ndarray:
     """``clamp(z + requant(acc, real))`` on ``out``'s range: what
     :func:`tvm_tiny.integerize.requant.requantize` computes (int64 result)."""
-    mult, shift = multipliers(real)
+    mult, shift = quantize_multipliers(real)
     lo, hi = out.range
     return np.clip(out.zero_point + requantize(acc, mult, shift), lo, hi)
 

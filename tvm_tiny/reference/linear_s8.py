@@ -38,6 +38,7 @@ from tvm_tiny.ir.quant import (
     dequantize,
     quantize,
     quantize_multiplier,
+    quantize_multipliers,
     round_half_away,
 )
 from tvm_tiny.reference.mhsa_s8 import requantize
@@ -109,8 +110,8 @@ class LoweredLinearS8:
 
 
 def _multipliers(real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    pairs = [quantize_multiplier(float(r)) for r in np.asarray(real, np.float64).ravel()]
-    return (np.array([m for m, _ in pairs], np.int32), np.array([s for _, s in pairs], np.int32))
+    """int32 (mult, shift) per output column, as the kernel's tables hold them."""
+    return quantize_multipliers(np.ravel(real), np.int32)
 
 
 def _bias32(b: np.ndarray, unit: np.ndarray | float, headroom: int, what: str) -> np.ndarray:
