@@ -14,8 +14,10 @@ int8 expression computing ``y``:
 ``quantize(dequantize(q))`` becomes ``q`` on equal parameters, else an exact rescaling table.
 A rule that cannot prove its region integer raises ``NotInteger``: the region stays fake-quant
 and :attr:`IntegerizeQDQ.not_integerized` says why. The float code left without readers is
-removed. Quantize remains only where a float value enters (the graph input), dequantize only
-where one leaves (the graph output, and the inputs of the regions left fake-quant).
+removed. Last, integer chains spread over several regions that are a function of one int8
+tensor (GELU's Erf form) become one table (:mod:`.fuse_tables`). Quantize remains only where a
+float value enters (the graph input), dequantize only where one leaves (the graph output, and
+the inputs of the regions left fake-quant).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import tvm_tiny.integerize.layout as _layout
 import tvm_tiny.integerize.matmul as _matmul
 import tvm_tiny.integerize.pool as _pool
 import tvm_tiny.integerize.softmax as _softmax
+from tvm_tiny.integerize.fuse_tables import fuse_lookup_tables
 from tvm_tiny.integerize.rule import (
     REGION_RULES,
     RULES,
@@ -273,9 +276,11 @@ class IntegerizeQDQ:
     ``"<quantize var>: <reason>"`` and :attr:`integerized` the quantize vars rewritten.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, fuse_tables: bool = True) -> None:
         self.not_integerized: list[str] = []
         self.integerized: list[str] = []
+        self.fuse_tables = fuse_tables
+        self.fused_tables = 0
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext
                          ) -> tvm.IRModule:
@@ -290,7 +295,10 @@ class IntegerizeQDQ:
             return mod
         mod = mod.clone()
         mod["main"] = new_func
-        return relax.transform.DeadCodeElimination(["main"])(mod)
+        mod = relax.transform.DeadCodeElimination(["main"])(mod)
+        if self.fuse_tables:
+            mod, self.fused_tables = fuse_lookup_tables(mod)
+        return mod
 
 
 @dataclass

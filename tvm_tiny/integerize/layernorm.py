@@ -70,10 +70,12 @@ def layer_norm_expr(x: relax.Expr, p: LayerNormS8) -> relax.Expr:
         k = below if k is None else op.add(k, below)
     tn = op.left_shift(t, op.multiply(k, _i64(2)))
     r = op.add(op.right_shift(tn, _i64(32)), _i64(1 << 30))
+    # tn and r are positive: C's truncating division (relax divide on integers) is the floor
+    # the golden model takes, without the sign fix-up TVM's floor_divide adds to every quotient
     for _ in range(ISQRT_NEWTON_STEPS):
-        r = op.right_shift(op.add(r, op.floor_divide(tn, r)), _i64(1))
+        r = op.right_shift(op.add(r, op.divide(tn, r)), _i64(1))
     r = op.subtract(r, op.astype(op.greater(op.multiply(r, r), tn), "int64"))
-    inv = op.floor_divide(_i64(1 << 62), r)
+    inv = op.divide(_i64(1 << 62), r)
     sh = op.maximum(op.subtract(_i64(62 - LN_FRAC_BITS - p.k0), k), _i64(0))
     norm = op.right_shift(op.multiply(centered(), inv), sh)
     acc = op.add(op.multiply(norm, _i64(p.gain)), _i64(p.offset))

@@ -6,7 +6,10 @@ seven steps (int64 cast, multiply, add, shift, add, clip, cast), so every int8 t
 exists as several int64 tensors, which become TIR workspace in the arena (int8 EEGFormer: the
 arena grows from 127 KB to 242 KB). Inlining a block into its consumer removes its buffer.
 
-Only a block whose single consumer reads its buffer exactly once is inlined: inlining a value
+Only a block whose single consumer reads its buffer exactly once, and whose buffer is no smaller
+than the consumer's, is inlined. A per-row value broadcast into a per-element consumer (the
+LayerNorm's reciprocal square root, an int64 division) would otherwise be recomputed for every
+element: int8 EEGFormer's LayerNorm then cost 81 instructions per element. Inlining a value
 read twice duplicates its computation (the integer square root's Newton steps read each
 estimate twice, and inlining them grows the expression exponentially; TVM then takes minutes to
 simplify it). TVM 0.27 has no Python TIR visitor, so the reads are counted in the consumer's
@@ -32,8 +35,19 @@ def _reads_once(sch: s_tir.Schedule, block_rv: s_tir.schedule.SBlockRV) -> bool:
     consumers = sch.get_consumers(block_rv)
     if len(consumers) != 1:
         return False
+    consumer = sch.get(consumers[0])
+    if _elements(block) < _elements(consumer):
+        return False  # a broadcast ([S, 1] into [S, E]): inlining would redo it per element
     name = block.writes[0].source.name
-    return str(sch.get(consumers[0]).body).count(f"{name}[") == 1
+    return str(consumer.body).count(f"{name}[") == 1
+
+
+def _elements(block: s_tir.SBlock) -> int:
+    """Elements of the one buffer a block writes (its iteration domain for a spatial block)."""
+    count = 1
+    for extent in block.writes[0].source.shape:
+        count *= int(extent)
+    return count
 
 
 def inline_single_use(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
