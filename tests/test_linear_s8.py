@@ -426,7 +426,8 @@ def test_arm_build_uses_the_dsp_instructions(tmp_path: Path) -> None:
 def _board_cases() -> list[LinearS8Case]:
     rng = np.random.default_rng(11)
     specs = [(5, 13, 7, dict(act="relu")), (4, 64, 16, dict(two_step=True)),
-             (3, 9, 2, dict(per_channel=False, act="clip")), (9, 37, 5, dict(bias=False))]
+             (3, 9, 2, dict(per_channel=False, act="clip")), (9, 37, 5, dict(bias=False)),
+             (7, 36, 6, dict(two_step=True, act="relu")), (3, 128, 4, dict(two_step=True))]
     cases = []
     for i, (rows, k, n, kw) in enumerate(specs):
         low = lower_linear_s8(make_quant(rng, k, n, **kw))

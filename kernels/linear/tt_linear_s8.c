@@ -754,6 +754,110 @@ static TT_NOINLINE int32_t pairs_one8(const tt_linear_s8_params *p, const xb_t *
   return pairs_one_t(8, p, xb, rows, k4, y0, N, c);
 }
 
+/** Stage 1 of a two-step column pair on the fast requantization: the stage-2 input
+ *  ssat8((smmul(acc, mult_n) + add_n) >> s_n) 2^8 + off_n, add_n = 2^(s_n-1) + zp_acc 2^s_n and
+ *  off_n = bias2[n] - zp_acc 2^8 (out_value's two-step form, zp_acc folded into both). */
+typedef struct {
+  int32_t mult0;
+  int32_t mult1;
+  int32_t add0;
+  int32_t add1;
+  int32_t s0;
+  int32_t s1;
+  int32_t off0;
+  int32_t off1;
+} pair_stage1;
+
+static TT_ALWAYS_INLINE int32_t stage1(int32_t acc, int32_t mult, int32_t add, int32_t s,
+                                       int32_t off) {
+  return tt_ssat8((tt_smmul(acc, mult) + add) >> s) * (1 << TT_LINEAR_S8_ACC_BIAS_BITS) + off;
+}
+
+/** pair_rows_one_t for two-step layers: stage 1 per column (st), then stage 2 (the same for
+ *  every column) as the one-step output stage of q (q's mult/add/s are stage 2's). */
+static TT_ALWAYS_INLINE void pair_rows_two_t(int unroll, const pair_stage1 *st,
+                                             const pair_one *q, const xb_t *a, int32_t rows,
+                                             int32_t k4, const int8_t *w, int8_t *yo,
+                                             int32_t N) {
+  const int32_t groups = k4 >> 2;
+  const xb_t *const end = a + (rows & ~1) * k4;
+  while (a != end) {
+    int32_t s[4] = {q->bias0, q->bias1, q->bias0, q->bias1};
+    dot_2x2_ia4(&a, w, groups, unroll, s);
+    s[0] = stage1(s[0], st->mult0, st->add0, st->s0, st->off0);
+    s[1] = stage1(s[1], st->mult1, st->add1, st->s1, st->off1);
+    s[2] = stage1(s[2], st->mult0, st->add0, st->s0, st->off0);
+    s[3] = stage1(s[3], st->mult1, st->add1, st->s1, st->off1);
+    out_tile(q, s, yo, N);
+    yo += 2 * N;
+  }
+  if (rows & 1) {
+    int32_t s[2] = {q->bias0, q->bias1};
+    dot_1x2(a, w, groups, s);
+    const int32_t v0 = stage1(s[0], st->mult0, st->add0, st->s0, st->off0);
+    const int32_t v1 = stage1(s[1], st->mult1, st->add1, st->s1, st->off1);
+    const uint32_t u = one_u(v0, q->mult0, q->add0, q->s0) |
+                       (one_u(v1, q->mult1, q->add1, q->s1) << 8);
+    store2(yo, uadd8x4(umin8x4(u, q->span4), q->lo4));
+  }
+}
+
+/** pairs_one_t for two-step layers whose stage 2 takes the fast requantization (s2 in
+ *  1 .. 22): the column pairs from c on while both stage-1 shifts are fast. */
+static TT_ALWAYS_INLINE int32_t pairs_two_t(int unroll, const tt_linear_s8_params *p,
+                                            const xb_t *xb, int32_t rows, int32_t k4, int8_t *y0,
+                                            int32_t N, int32_t c) {
+  const int32_t step = p->per_channel;
+  const int32_t *mp = p->mult + step * c;
+  const int32_t *shp = p->shift + step * c;
+  const int32_t *bp = p->kernel_bias + c;
+  const int32_t za = p->acc_zero_point;
+  const int32_t s2 = -1 - p->shift2;
+  const int8_t *w = p->weights + c * k4;
+  pair_one q;
+  q.mult0 = q.mult1 = p->mult2;
+  q.add0 = q.add1 = ((int32_t)1 << (s2 - 1)) + (p->y_zero_point - p->act_min) * ((int32_t)1 << s2);
+  q.s0 = q.s1 = s2;
+  q.span4 = (uint32_t)(p->act_max - p->act_min) * 0x01010101u;
+  q.lo4 = ((uint32_t)p->act_min & 0xFFu) * 0x01010101u;
+  pair_stage1 st;
+  for (; c + 1 < N; c += 2, w += 2 * k4, bp += 2, mp += 2 * step, shp += 2 * step) {
+    const int32_t s0 = -1 - shp[0];
+    const int32_t s1 = -1 - shp[step];
+    if ((uint32_t)(s0 - 1) > 21u || (uint32_t)(s1 - 1) > 21u) {
+      break; /* a shift outside 1 .. 22 needs rq_slow */
+    }
+    q.bias0 = bp[0];
+    q.bias1 = bp[1];
+    st.mult0 = mp[0];
+    st.mult1 = mp[step];
+    st.add0 = ((int32_t)1 << (s0 - 1)) + za * ((int32_t)1 << s0);
+    st.add1 = ((int32_t)1 << (s1 - 1)) + za * ((int32_t)1 << s1);
+    st.s0 = s0;
+    st.s1 = s1;
+    const int32_t z8 = za * (1 << TT_LINEAR_S8_ACC_BIAS_BITS);
+    st.off0 = (p->bias2 != NULL ? p->bias2[c] : 0) - z8;
+    st.off1 = (p->bias2 != NULL ? p->bias2[c + 1] : 0) - z8;
+    pair_rows_two_t(unroll, &st, &q, xb, rows, k4, w, y0 + c, N);
+  }
+  return c;
+}
+
+static TT_NOINLINE int32_t pairs_two(const tt_linear_s8_params *p, const xb_t *xb,
+                                     int32_t rows, int32_t k4, int8_t *y0, int32_t N, int32_t c) {
+  return pairs_two_t(0, p, xb, rows, k4, y0, N, c);
+}
+
+static TT_NOINLINE int32_t pairs_two4(const tt_linear_s8_params *p, const xb_t *xb,
+                                      int32_t rows, int32_t k4, int8_t *y0, int32_t N, int32_t c) {
+  return pairs_two_t(4, p, xb, rows, k4, y0, N, c);
+}
+
+static TT_NOINLINE int32_t pairs_two8(const tt_linear_s8_params *p, const xb_t *xb,
+                                      int32_t rows, int32_t k4, int8_t *y0, int32_t N, int32_t c) {
+  return pairs_two_t(8, p, xb, rows, k4, y0, N, c);
+}
+
 #endif
 
 static void linear_s8_run(const tt_linear_dims *d, const tt_linear_s8_config *cfg,
@@ -778,6 +882,13 @@ static void linear_s8_run(const tt_linear_dims *d, const tt_linear_s8_config *cf
         c = ((k4 & 31) == 0   ? pairs_one8
              : (k4 & 15) == 0 ? pairs_one4
                               : pairs_one)(p, xb, rows, k4, y + r0 * N, N, c);
+        if (c + 1 >= N) {
+          break;
+        }
+      } else if (o.c2.s != 0) { /* the same for two-step layers with a fast stage 2 */
+        c = ((k4 & 31) == 0   ? pairs_two8
+             : (k4 & 15) == 0 ? pairs_two4
+                              : pairs_two)(p, xb, rows, k4, y + r0 * N, N, c);
         if (c + 1 >= N) {
           break;
         }
