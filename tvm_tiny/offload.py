@@ -21,6 +21,7 @@ from tvm_tiny.codegen.kernel import GeneratedKernel
 from tvm_tiny.codegen.linear import LinearDescriptor, metadata_entry
 from tvm_tiny.codegen.linear_s8 import LinearS8Descriptor, metadata_entry_s8
 from tvm_tiny.integerize.driver import IntegerizeQDQ, IOQuantization, make_io_int8
+from tvm_tiny.integerize.quantize import lower_input_quantizes
 from tvm_tiny.ir.enums import DType
 from tvm_tiny.ir.errors import CodegenError
 from tvm_tiny.ir.kernel_config import KernelChoice
@@ -128,13 +129,15 @@ def _mhsa_entry(desc: MhsaDescriptor, choice: KernelChoice, kernel: GeneratedKer
 def integerize(mod: tvm.IRModule, int8_io: bool = False
                ) -> tuple[tvm.IRModule, list[str], IOQuantization | None]:
     """``IntegerizeQDQ`` on a partitioned module, then (``int8_io``) int8 inputs and outputs,
-    then the fold of the int8 weights left fake-quant: (module, not integerized, I/O params)."""
+    the float inputs' quantizes as integer code, then the fold of the int8 weights left
+    fake-quant: (module, not integerized, I/O params)."""
     integerizer = IntegerizeQDQ()
     mod = integerizer(mod)
     io = None
     if int8_io:
         io = IOQuantization()
         mod = make_io_int8(mod, io)
+    mod, _ = lower_input_quantizes(mod)  # the float inputs left: quantized ties-to-even
     # Fold ``main`` alone: the offloaded functions are canonical chains their emitters read.
     main = mod.get_global_var("main")
     with quiet_take_fast_mode():

@@ -48,37 +48,79 @@ def _float_constant(operand: Operand, what: str) -> np.ndarray:
     raise NotInteger(f"LayerNorm {what} is not a constant")
 
 
+SUM32_MAX_N = 33025
+"""Up to this many values per row, ``sum (x - zp)^2 <= 255^2 n`` fits int32, and the row sums are
+int32 (one multiply-accumulate each on a 32-bit core, where int64 takes several)."""
+
+
+def isqrt_seeded_expr(tn: relax.Expr) -> relax.Expr:
+    """``floor(sqrt(tn))`` of an int64 ``tn`` in [2^60, 2^62) with two int64 divisions, where
+    :func:`~tvm_tiny.reference.integer_norm.isqrt_normalized` takes five: the root of
+    ``v = tn >> 32`` (in [2^28, 2^30)) by the same Newton iteration in int32 (one hardware
+    divide per step on a Cortex-M), ``(r32 + 1) << 16`` as the start (above the root, relative
+    error at most 2^-14), two int64 Newton steps (the error squares: under 2^-28 of a unit),
+    and the same final correction. The result is the same integer: both are the floor of the
+    square root (``tests/test_integerize_rules.py`` checks it on squares and their neighbours).
+    """
+    op = relax.op
+    v = op.astype(op.right_shift(tn, _i64(32)), "int32")
+    r = op.add(op.right_shift(v, _i32(16)), _i32(1 << 14))
+    for _ in range(ISQRT_NEWTON_STEPS):
+        r = op.right_shift(op.add(r, op.divide(v, r)), _i32(1))
+    r = op.subtract(r, op.astype(op.greater(op.multiply(r, r), v), "int32"))
+    r = op.left_shift(op.astype(op.add(r, _i32(1)), "int64"), _i64(16))
+    for _ in range(2):
+        r = op.right_shift(op.add(r, op.divide(tn, r)), _i64(1))
+    return op.subtract(r, op.astype(op.greater(op.multiply(r, r), tn), "int64"))
+
+
+def _i32(v: int) -> relax.Constant:
+    return relax.const(np.asarray(v, np.int32), "int32")
+
+
 def layer_norm_expr(x: relax.Expr, p: LayerNormS8) -> relax.Expr:
     """The integer program of ``p`` on the int8 tensor ``x`` (normalized along its last axis),
-    op for op the golden :func:`tvm_tiny.reference.integer_norm.layer_norm_s8`."""
+    integer for integer the golden :func:`tvm_tiny.reference.integer_norm.layer_norm_s8`.
+
+    Rows of at most :data:`SUM32_MAX_N` values sum in int32, and the sum of squares of the
+    centred values ``c = n d - S`` is ``n (n sum d^2 - S^2)``, the same integer computed from
+    int32 sums (expand the square; ``sum d = S``)."""
     op = relax.op
+    narrow = p.n <= SUM32_MAX_N
+    wide, zp = ("int32", _i32(p.x_zero)) if narrow else ("int64", _i64(p.x_zero))
+
+    def d() -> relax.Expr:
+        return op.subtract(op.astype(x, wide), zp)
 
     def centered() -> relax.Expr:
-        # c = n d - sum(d), rebuilt from the int8 x at every use: the int64 [.., n] tensor then
-        # never outlives one fused function (held between the variance and the output it would
-        # take 8 bytes per element of the arena), and each copy is read once, so it inlines.
-        d = op.subtract(op.astype(x, "int64"), _i64(p.x_zero))
-        return op.subtract(op.multiply(d, _i64(p.n)), row_sum)
+        # c = n d - sum(d), rebuilt from the int8 x at every use: the [.., n] tensor then never
+        # outlives one fused function (held between the variance and the output it would take
+        # 4 or 8 bytes per element of the arena), and each copy is read once, so it inlines.
+        n = _i32(p.n) if narrow else _i64(p.n)
+        return op.astype(op.subtract(op.multiply(d(), n), row_sum), "int64")
 
-    row_sum = op.sum(op.subtract(op.astype(x, "int64"), _i64(p.x_zero)), axis=[-1],
-                     keepdims=True)
-    t = op.sum(op.multiply(centered(), centered()), axis=[-1], keepdims=True)
+    row_sum = op.sum(d(), axis=[-1], keepdims=True)
+    if narrow:
+        sq = op.astype(op.sum(op.multiply(d(), d()), axis=[-1], keepdims=True), "int64")
+        s64 = op.astype(row_sum, "int64")
+        t = op.multiply(op.subtract(op.multiply(sq, _i64(p.n)), op.multiply(s64, s64)),
+                        _i64(p.n))
+    else:
+        t = op.sum(op.multiply(centered(), centered()), axis=[-1], keepdims=True)
     t = op.maximum(op.add(op.left_shift(t, _i64(2 * p.k0)), _i64(p.eps)), _i64(1))
     k = None
     for j in range(1, NORM_SEARCH + 1):
         below = op.astype(op.less(t, _i64(1 << (62 - 2 * j))), "int64")
         k = below if k is None else op.add(k, below)
-    tn = op.left_shift(t, op.multiply(k, _i64(2)))
-    r = op.add(op.right_shift(tn, _i64(32)), _i64(1 << 30))
-    # tn and r are positive: C's truncating division (relax divide on integers) is the floor
-    # the golden model takes, without the sign fix-up TVM's floor_divide adds to every quotient
-    for _ in range(ISQRT_NEWTON_STEPS):
-        r = op.right_shift(op.add(r, op.divide(tn, r)), _i64(1))
-    r = op.subtract(r, op.astype(op.greater(op.multiply(r, r), tn), "int64"))
+    r = isqrt_seeded_expr(op.left_shift(t, op.multiply(k, _i64(2))))
+    # r is positive: C's truncating division (relax divide on integers) is the floor the golden
+    # model takes, without the sign fix-up TVM's floor_divide adds
     inv = op.divide(_i64(1 << 62), r)
     sh = op.maximum(op.subtract(_i64(62 - LN_FRAC_BITS - p.k0), k), _i64(0))
-    norm = op.right_shift(op.multiply(centered(), inv), sh)
-    acc = op.add(op.multiply(norm, _i64(p.gain)), _i64(p.offset))
+    # |norm| <= 2^LN_FRAC_BITS and |gain| < 2^31: as int32 values widened for the product, a
+    # 32-bit core multiplies them in one instruction (SMULL) where int64 operands take three
+    norm = op.astype(op.right_shift(op.multiply(centered(), inv), sh), "int32")
+    acc = op.add(op.multiply(op.astype(norm, "int64"), _i64(p.gain)), _i64(p.offset))
     y = op.right_shift(op.add(acc, _i64(1 << (p.out_shift - 1))), _i64(p.out_shift))
     lo, hi = p.out.range
     y = op.clip(op.add(y, _i64(p.out.zero_point)), lo, hi)

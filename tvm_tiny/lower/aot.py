@@ -123,6 +123,20 @@ class AotResult:
     steps: list[Step]
     buffers: list[dict[str, object]] = field(default_factory=list)
     usage_by_step: list[int] = field(default_factory=list)
+    constant_bytes: list[int] = field(default_factory=list)  # per constant index (TensorRef)
+
+    def constants_by_step(self) -> list[tuple[Step, int]]:
+        """(step, bytes of the constants it is the first to read), for the TIR steps that read
+        any: the per-layer view of ``params_bytes`` (a constant shared by layers counts once,
+        with the first)."""
+        seen: set[int] = set()
+        found = []
+        for step in self.steps:
+            own = {a.index for a in step.args if a.kind == TensorKind.CONST} - seen
+            seen |= own
+            if own:
+                found.append((step, sum(self.constant_bytes[i] for i in own)))
+        return found
 
 
 class _MainWalker:
@@ -218,6 +232,14 @@ class _MainWalker:
             offset = int(call.args[1].value)
             shape = shape_expr_values(call.args[2])
             dtype = str(call.args[3].value)
+            if offset == 0:
+                # Relax's StaticPlanBlockMemory hands one storage token to every tensor of its
+                # size in turn, so a token lives from its first tensor to its last: planned as
+                # one buffer it would stay allocated across every kernel in between (int8
+                # EEGFormer: two 10 KB tokens alive beside each MHSA's scratch). Each tensor
+                # becomes a storage of its own, planned on its own lifetime.
+                storage = len(self.storage_sizes)
+                self.storage_sizes.append(tensor_bytes(shape, dtype))
             self.tensors[var] = TensorRef(TensorKind.STORAGE, storage, offset, shape, dtype)
         elif name in ("relax.vm.kill_object", "relax.null_value"):
             return
@@ -355,9 +377,9 @@ class AotEmitter:
                     f"{label} {t.dtype}{list(t.shape)} is {t.nbytes} bytes; tvm_tiny's generated "
                     f"C uses 32-bit offsets (at most {MAX_BYTES} bytes per buffer)")
         for storage, size in enumerate(self.w.storage_sizes):
-            if size > MAX_BYTES:
-                shapes = [list(r.shape) for r in self.w.tensors.values()
-                          if r.kind == TensorKind.STORAGE and r.index == storage]
+            shapes = [list(r.shape) for r in self.w.tensors.values()
+                      if r.kind == TensorKind.STORAGE and r.index == storage]
+            if size > MAX_BYTES and shapes:  # a token whose tensors all got their own: unused
                 raise MemoryPlanError(
                     f"intermediate storage {storage} (tensors {shapes[:2]}) is {size} bytes; "
                     f"tvm_tiny's generated C uses 32-bit offsets (at most {MAX_BYTES} bytes)")
@@ -443,7 +465,8 @@ class AotEmitter:
             for b, off in zip(planner.buffers, offsets)
         ]
         return AotResult(model_c, model_h, self.w.inputs, self.outputs, arena_bytes, linear,
-                         params_bytes, self.w.steps, buffers, planner.usage_by_step())
+                         params_bytes, self.w.steps, buffers, planner.usage_by_step(),
+                         [value.nbytes for _, value in self.w.constants])
 
     def _emit_decls(self) -> str:
         externs = sorted({s.c_function for s in self.w.steps if s.kind == StepKind.EXTERN})
