@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 import tvm_tiny
 from tvm_tiny.ir.errors import MemoryPlanError, RunError
 from tvm_tiny.lower.memory import (
+    DEFAULT_ALIGNMENT,
     GreedyPlanner,
     LinearPlanner,
     MemoryPlanner,
@@ -230,8 +231,9 @@ def test_run_arena_too_small_names_the_bytes(built, model_inputs):
 def test_each_tensor_is_planned_on_its_own_lifetime() -> None:
     """Relax hands one storage token to many tensors of a size in turn; planned as one buffer
     it stays allocated across the kernels between them. Planned per tensor, the int8 EEGFormer
-    arena is exactly its largest step: an MHSA's scratch beside its input and output (its
-    ``peak_bytes``), within the 32 KiB of the int8 issue's goal."""
+    arena is its largest step: an MHSA's scratch beside its input and output (its
+    ``peak_bytes``, each of the three buffers aligned), within the 32 KiB of the int8 issue's
+    goal."""
     lib = tvm_tiny.build(build_network("eegformer", "int8"), target="stm32l4")
     peak = max(e["peak_bytes"] for e in lib.metadata["offloaded"])
-    assert lib.metadata["arena_bytes"] == peak <= 32 * 1024
+    assert peak <= lib.metadata["arena_bytes"] <= min(peak + 3 * DEFAULT_ALIGNMENT, 32 * 1024)

@@ -32,7 +32,7 @@ from tvm_tiny.testing.models import example_inputs, mhsa_helper
 from tvm_tiny.tuning import measure
 from tvm_tiny.tuning.apply import kernel_configs, shipped_log
 from tvm_tiny.tuning.log import decode, encode, load_records, make_record
-from tvm_tiny.tuning.measure import MeasureErrorNo, measure_batch
+from tvm_tiny.tuning.measure import MeasureErrorNo, MeasureOptions, measure_batch
 from tvm_tiny.tuning.space import (
     config_space,
     rows_per_block_candidates,
@@ -253,7 +253,7 @@ def test_measured_batch_is_bit_exact(qdq_model, board):
     space = config_space(task)
     indices = [space.index_of({"rows_per_block": x, "fuse_qk": f})
                for x in (2, 8, 16) for f in (False, True)]
-    batch = measure_batch(task, indices)
+    batch = measure_batch(task, indices, MeasureOptions(qdq_tolerance_steps=None))
     assert batch.firmwares == 1 and batch.task == "tt_mhsa_s8"
     assert batch.modelled == (board == "gap9")
     for result in batch.results:
@@ -288,7 +288,9 @@ def test_tune_then_build_runs_the_measured_kernel(qdq_model, tmp_path):
     log = tmp_path / "stm32l4.jsonl"
     (result,) = tvm_tiny.tune(qdq_model, target="stm32l4", trials=6, log=str(log), seed=0)
     records = load_records(log, board="stm32l4")
-    assert len(records) == 6 and all(r.ok and r.task_name == "tt_mhsa_s8" for r in records)
+    assert len(records) == 6 and all(r.task_name == "tt_mhsa_s8" for r in records)
+    # the FWSA configs of this layer depart from the exported rounding: logged as wrong answers
+    assert all(r.ok != r.entity_values()["fuse_qk"] for r in records)
     assert result.default_cost is not None and result.best_cost <= result.default_cost
     best = min(records, key=lambda r: r.mean_cost)
     lib = tvm_tiny.build(qdq_model, target="stm32l4", tuning_log=str(log))
@@ -299,3 +301,16 @@ def test_tune_then_build_runs_the_measured_kernel(qdq_model, tmp_path):
     run = lib.run_on_board(*inputs)
     np.testing.assert_array_equal(run.outputs[0], lib.run(*inputs)[0])
     assert abs(run.per_kernel[entry["name"]] - best.mean_cost) <= 32
+
+
+def test_fwsa_far_from_the_exported_rounding_is_a_wrong_answer(qdq_model):
+    """By default an FWSA config whose program is more than one step from the exported graph's
+    (separate Q and K) is refused before it runs, naming the departure; the unfused configs of
+    the same batch are not affected (no emulator needed: nothing reaches it)."""
+    (task,) = extract_tasks(qdq_model, "stm32l4")
+    space = config_space(task)
+    fused = space.index_of({"rows_per_block": 8, "fuse_qk": True})
+    (result,) = measure_batch(task, [fused]).results
+    assert result.error_no == MeasureErrorNo.WRONG_ANSWER
+    assert "FWSA departs from the exported rounding points" in result.error_msg
+    assert KernelConfig.default_for(task.shape, dtype=DType.INT8).fuse_qk is False

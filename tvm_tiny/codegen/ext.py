@@ -106,7 +106,7 @@ def describe_function(func: relax.Function, symbol: str) -> Descriptor:
 def default_choice(desc: MhsaDescriptor) -> KernelChoice:
     """The board-independent default of an MHSA nobody chose a config for."""
     weights = desc.weights if desc.dtype == DType.FLOAT32 else None
-    return KernelChoice(KernelConfig.default_for(desc.shape, weights))
+    return KernelChoice(KernelConfig.default_for(desc.shape, weights, desc.dtype))
 
 
 def generate_kernel(func: relax.Function, session: CodegenSession) -> GeneratedKernel:

@@ -4,15 +4,18 @@
 indices, Squeeze, Unsqueeze) is ``op(x)`` when the quantize has the dequantize's parameters, and
 ``op(x)`` looked up in the rescaling table (:func:`~tvm_tiny.integerize.elementwise.rescale`,
 exact) when it has others. Concat rescales each input whose parameters differ from the output's
-first, then concatenates int8 tensors.
+first, quantizes a constant input (a class token) offline to the output's grid, then
+concatenates int8 tensors.
 """
 
 from __future__ import annotations
 
+import numpy as np
 from tvm import relax
 
 from tvm_tiny.integerize.elementwise import rescale
-from tvm_tiny.integerize.rule import NotInteger, OpMatch, QTensor, rule
+from tvm_tiny.integerize.rule import NotInteger, OpMatch, QConst, QTensor, rule
+from tvm_tiny.reference.integer import quantize_half_even
 
 LAYOUT_OPS = ("relax.reshape", "relax.permute_dims", "relax.strided_slice", "relax.take",
               "relax.squeeze", "relax.expand_dims", "relax.flatten")
@@ -40,7 +43,15 @@ def concat_int8(match: OpMatch) -> relax.Expr:
     parts = []
     for field in fields.fields:
         operand = match.leaves.get(field)
+        if isinstance(operand, QConst):
+            operand = operand.real
+        if isinstance(operand, np.ndarray):
+            # a float constant (a ViT's class token, left unquantized by the quantizer):
+            # the graph quantizes it with the output's parameters, so that is done offline
+            parts.append(relax.const(quantize_half_even(operand, match.output),
+                                     str(match.output.dtype)))
+            continue
         if not isinstance(operand, QTensor):
-            raise NotInteger("concat of an input that is not a quantized tensor")
+            raise NotInteger("concat of an input that is not a quantized tensor or a constant")
         parts.append(rescale(operand, match.output))
     return relax.op.concat(parts, axis=match.call.attrs.axis)

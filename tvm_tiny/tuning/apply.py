@@ -139,6 +139,7 @@ def kernel_configs(workloads: dict[str, Workload], board: str,
             applied[symbol] = AppliedConfig(entity.kernel_config(), chosen,
                                             found[workload][0], record)
         else:
-            default = KernelConfig.default_for(workload.shape, (weights or {}).get(symbol))
+            default = KernelConfig.default_for(workload.shape, (weights or {}).get(symbol),
+                                               workload.dtype)
             applied[symbol] = AppliedConfig(default, chosen, DEFAULT_ORIGIN)
     return applied

@@ -7,7 +7,9 @@ own kernel instance with a distinct symbol (``tvmtiny_tune_cfg<index>``). The ha
 ``tt_window_end()`` and writes its output; QEMU with ``-icount shift=0`` and the ``wincount``
 plugin counts the INSTRUCTIONS of each window (not cycles). Every float32 output is checked
 against the float64 numpy reference (:func:`tvm_tiny.reference.mhsa_f32.reference_mhsa_f32`)
-within :data:`OUTPUT_TOL`; every int8 output must equal the golden model
+within :data:`OUTPUT_TOL`; an int8 FWSA config more than one step from the unfused program
+(the exported graph's rounding points) is a wrong answer before it runs; every int8 output must
+equal the golden model
 (:func:`tvm_tiny.reference.mhsa_s8.reference_mhsa_s8` of that config's integer program) bit for
 bit, and ``max_error`` is its largest difference in output quantization steps.
 
@@ -132,6 +134,10 @@ class MeasureOptions:
     input_seed: int = 0
     timeout_s: float = 600.0
     keep_dir: Path | None = None  # keep the last firmware directory here (debugging)
+    # int8: how many output steps a config's program may depart from the exported graph's
+    # rounding points (separate Q and K) before it is a wrong answer; None measures every
+    # program against its own golden model only (the kernel's own tests)
+    qdq_tolerance_steps: int | None = 1
 
 
 def _error(index: int, no: MeasureErrorNo, msg: str) -> MeasureResult:
@@ -166,6 +172,35 @@ def _references(task: TuningTask, entities: list[ConfigEntity],
             cache[config] = reference_mhsa_s8(x, task.quant, task.shape, config)
         out[entity.index] = cache[config]
     return out
+
+
+def _departures(task: TuningTask, entities: list[ConfigEntity],
+                references: dict[int, np.ndarray], x: np.ndarray,
+                tolerance: int | None) -> dict[int, str]:
+    """int8 FWSA configs whose golden output departs from the unfused program's by more than
+    ``tolerance`` steps (``MeasureOptions.qdq_tolerance_steps``) on the measurement input, with
+    why: FWSA skips the Q, K and Q K^T rounding points, and a faster config that far from
+    onnxruntime is a wrong answer, not a tuning result (checked offline, before anything
+    runs)."""
+    if task.workload.dtype != DType.INT8 or tolerance is None:
+        return {}
+    unfused: dict[int, np.ndarray] = {}
+    found = {}
+    for entity in entities:
+        config = entity.kernel_config()
+        if not config.fuse_qk:
+            continue
+        rows = config.rows_per_block
+        if rows not in unfused:
+            exported = KernelConfig(rows, fuse_qk=False, sparse=config.sparse)
+            unfused[rows] = reference_mhsa_s8(x, task.quant, task.shape, exported)
+        steps = int(np.abs(references[entity.index].astype(np.int64)
+                           - unfused[rows].astype(np.int64)).max())
+        if steps > tolerance:
+            found[entity.index] = (f"FWSA departs from the exported rounding points of Q, K "
+                                   f"and Q K^T by up to {steps} output steps (more than "
+                                   f"{tolerance})")
+    return found
 
 
 def _check(task: TuningTask, y: np.ndarray, reference: np.ndarray) -> tuple[float, str | None]:
@@ -353,6 +388,11 @@ def measure_batch(task: TuningTask, indices: list[int],
             runnable.append(entity)
         x = measure_input(task, options.input_seed)
         references = _references(task, runnable, x)
+        departed = _departures(task, runnable, references, x, options.qdq_tolerance_steps)
+        for index, why in departed.items():
+            results[index] = MeasureResult(index, (1e9,), MeasureErrorNo.WRONG_ANSWER, why,
+                                           time.time(), None, 1e9)
+        runnable = [e for e in runnable if e.index not in results]
         for group in _pack(space, runnable):
             results.update(_measure_firmware(task, space, group, kernels, x, references,
                                              options, counter))

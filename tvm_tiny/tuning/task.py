@@ -157,7 +157,7 @@ class TuningTask:
         """The config a build without records uses (``codegen.ext.default_choice``: int8
         layers are never pruned, so their default is by shape alone)."""
         weights = self.weights if self.workload.dtype == DType.FLOAT32 else None
-        return KernelConfig.default_for(self.shape, weights)
+        return KernelConfig.default_for(self.shape, weights, self.workload.dtype)
 
     def describe(self) -> str:
         return f"{self.name} {self.workload.describe()} on {self.board}"
