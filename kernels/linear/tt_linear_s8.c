@@ -739,20 +739,6 @@ static TT_ALWAYS_INLINE int32_t pairs_one_t(int unroll, const tt_linear_s8_param
   return c;
 }
 
-static TT_NOINLINE int32_t pairs_one(const tt_linear_s8_params *p, const xb_t *xb,
-                                     int32_t rows, int32_t k4, int8_t *y0, int32_t N, int32_t c) {
-  return pairs_one_t(0, p, xb, rows, k4, y0, N, c);
-}
-
-static TT_NOINLINE int32_t pairs_one4(const tt_linear_s8_params *p, const xb_t *xb,
-                                      int32_t rows, int32_t k4, int8_t *y0, int32_t N, int32_t c) {
-  return pairs_one_t(4, p, xb, rows, k4, y0, N, c);
-}
-
-static TT_NOINLINE int32_t pairs_one8(const tt_linear_s8_params *p, const xb_t *xb,
-                                      int32_t rows, int32_t k4, int8_t *y0, int32_t N, int32_t c) {
-  return pairs_one_t(8, p, xb, rows, k4, y0, N, c);
-}
 
 /** Stage 1 of a two-step column pair on the fast requantization: the stage-2 input
  *  ssat8((smmul(acc, mult_n) + add_n) >> s_n) 2^8 + off_n, add_n = 2^(s_n-1) + zp_acc 2^s_n and
@@ -843,19 +829,26 @@ static TT_ALWAYS_INLINE int32_t pairs_two_t(int unroll, const tt_linear_s8_param
   return c;
 }
 
-static TT_NOINLINE int32_t pairs_two(const tt_linear_s8_params *p, const xb_t *xb,
-                                     int32_t rows, int32_t k4, int8_t *y0, int32_t N, int32_t c) {
-  return pairs_two_t(0, p, xb, rows, k4, y0, N, c);
+/* The fast paths compiled once per K unrolling (0, 4 or 8 groups per loop trip): the output
+ * stage runs once per K MACs, so each is specialized rather than chosen per output. */
+static TT_NOINLINE int32_t pairs_fast(const tt_linear_s8_params *p, const xb_t *xb,
+                                      int32_t rows, int32_t k4, int8_t *y0, int32_t N, int32_t c) {
+  return p->two_step ? pairs_two_t(0, p, xb, rows, k4, y0, N, c)
+                     : pairs_one_t(0, p, xb, rows, k4, y0, N, c);
 }
 
-static TT_NOINLINE int32_t pairs_two4(const tt_linear_s8_params *p, const xb_t *xb,
-                                      int32_t rows, int32_t k4, int8_t *y0, int32_t N, int32_t c) {
-  return pairs_two_t(4, p, xb, rows, k4, y0, N, c);
+static TT_NOINLINE int32_t pairs_fast4(const tt_linear_s8_params *p, const xb_t *xb,
+                                       int32_t rows, int32_t k4, int8_t *y0, int32_t N,
+                                       int32_t c) {
+  return p->two_step ? pairs_two_t(4, p, xb, rows, k4, y0, N, c)
+                     : pairs_one_t(4, p, xb, rows, k4, y0, N, c);
 }
 
-static TT_NOINLINE int32_t pairs_two8(const tt_linear_s8_params *p, const xb_t *xb,
-                                      int32_t rows, int32_t k4, int8_t *y0, int32_t N, int32_t c) {
-  return pairs_two_t(8, p, xb, rows, k4, y0, N, c);
+static TT_NOINLINE int32_t pairs_fast8(const tt_linear_s8_params *p, const xb_t *xb,
+                                       int32_t rows, int32_t k4, int8_t *y0, int32_t N,
+                                       int32_t c) {
+  return p->two_step ? pairs_two_t(8, p, xb, rows, k4, y0, N, c)
+                     : pairs_one_t(8, p, xb, rows, k4, y0, N, c);
 }
 
 #endif
@@ -878,17 +871,10 @@ static void linear_s8_run(const tt_linear_dims *d, const tt_linear_s8_config *cf
     int32_t c = 0;
     for (; c + 1 < N; c += 2) {
 #if defined(TT_LINEAR_S8_SMLAD)
-      if (!o.two_step) { /* as many pairs as possible on the fast one-step path */
-        c = ((k4 & 31) == 0   ? pairs_one8
-             : (k4 & 15) == 0 ? pairs_one4
-                              : pairs_one)(p, xb, rows, k4, y + r0 * N, N, c);
-        if (c + 1 >= N) {
-          break;
-        }
-      } else if (o.c2.s != 0) { /* the same for two-step layers with a fast stage 2 */
-        c = ((k4 & 31) == 0   ? pairs_two8
-             : (k4 & 15) == 0 ? pairs_two4
-                              : pairs_two)(p, xb, rows, k4, y + r0 * N, N, c);
+      if (!o.two_step || o.c2.s != 0) { /* as many pairs as possible on a fast path */
+        c = ((k4 & 31) == 0   ? pairs_fast8
+             : (k4 & 15) == 0 ? pairs_fast4
+                              : pairs_fast)(p, xb, rows, k4, y + r0 * N, N, c);
         if (c + 1 >= N) {
           break;
         }
