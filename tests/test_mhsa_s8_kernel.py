@@ -45,6 +45,7 @@ from tvm_tiny.firmware.kernel_firmware import (
 from tvm_tiny.ir.enums import DType
 from tvm_tiny.ir.mhsa import KernelConfig, MhsaShape, MhsaWeights
 from tvm_tiny.ir.mhsa_s8 import (
+    ACC_BIAS_BITS,
     ACC_STAGE_BITS,
     FusedQK,
     UnfusedQK,
@@ -371,7 +372,7 @@ def test_two_step_requantizations_equal_the_numpy_model(kernels: dict[str, Kerne
 
 
 def test_two_step_lowering() -> None:
-    """The stage-1 multipliers take s_acc, the biases move to stage 2 in units of s_acc / 2^8,
+    """The stage-1 multipliers take s_acc, the biases move to stage 2 in units of s_acc / 2^B,
     the fused variant drops the Q/K/QK rounding points, and absent fields change nothing."""
     shape, config = MhsaShape(6, 5, 2, 3, 4), KernelConfig(2, False)
     case = make_case(shape, config, seed=3, acc=ALL_ACC)
@@ -381,10 +382,10 @@ def test_two_step_lowering() -> None:
     assert isinstance(low.qk, UnfusedQK) and low.qk.q.bias is None  # moved to stage 2
     second = low.qk.q.second
     np.testing.assert_array_equal(second.bias, np.sign(p.bq) * np.floor(
-        np.abs(p.bq.astype(np.float64)) / p.q_acc.scale * 256 + 0.5))
+        np.abs(p.bq.astype(np.float64)) / p.q_acc.scale * 2.0**ACC_BIAS_BITS + 0.5))
     assert second.acc_zero_point == p.q_acc.zero_point
     assert abs(second.mult * 2.0 ** (second.shift - 31)
-               / (p.q_acc.scale / (256 * p.q.scale)) - 1) < 1e-8
+               / (p.q_acc.scale / (2.0**ACC_BIAS_BITS * p.q.scale)) - 1) < 1e-8
     scalars = scalar_fields_s8(p, shape, config)
     assert scalars["acc_stages"] == 31 and scalars["qk_acc_zero_point"] == p.qk_acc.zero_point
     arrays = arrange_s8(p, shape, config)

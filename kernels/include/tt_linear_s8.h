@@ -17,7 +17,7 @@
  * The two-step form reproduces the exported graph that rounds after the
  * MatMul and again after the bias add (MatMul -> Q -> DQ -> Add -> Q), with
  * the arithmetic of the int8 MHSA's two-step projections (tt_mhsa_s8.h,
- * TT_MHSA_S8_ACC_BIAS_BITS = 8): bias2 is the bias in units of s_acc / 2^8.
+ * TT_MHSA_S8_ACC_BIAS_BITS = 16): bias2 is the bias in units of s_acc / 2^16.
  * A following ReLU or Clip of the float graph is exactly the clamp to
  * [act_min, act_max] (quantize is monotone; ReLU: act_min = zp_y).
  *
@@ -65,7 +65,7 @@ extern "C" {
 #define TT_LINEAR_S8_MAX_K 32767
 
 /** Fractional bits of bias2 in the two-step form (= TT_MHSA_S8_ACC_BIAS_BITS). */
-#define TT_LINEAR_S8_ACC_BIAS_BITS 8
+#define TT_LINEAR_S8_ACC_BIAS_BITS 16
 
 /** @brief Knobs of tt_linear_s8 (results never depend on them). */
 typedef struct {

@@ -33,7 +33,7 @@
  * onnxruntime quantize_static: MatMul -> Q/DQ (s_acc) -> Add(bias) -> Q/DQ (s_out),
  * and MatMul(Q, K^T) -> Q/DQ (s_qk) -> Mul(scale) -> Q/DQ (s_scores)). Bit
  * TT_MHSA_S8_ACC_Q/K/V/O/QK of acc_stages makes that step round twice, with
- * B = TT_MHSA_S8_ACC_BIAS_BITS (8):
+ * B = TT_MHSA_S8_ACC_BIAS_BITS (16):
  * @code
  *   q1  = clamp8(zp_acc + requant(acc, mult[n], shift[n]))    stage 1: q_/k_/v_/o_ and
  *                                                             score_ become s_in s_w / s_acc
@@ -111,7 +111,7 @@ extern "C" {
 #define TT_MHSA_S8_MAX_DIM 32767
 
 /** Fixed-point bits of the stage-2 bias of a two-step requantization (B). */
-#define TT_MHSA_S8_ACC_BIAS_BITS 8
+#define TT_MHSA_S8_ACC_BIAS_BITS 16
 
 /** Bits of tt_mhsa_s8_params.acc_stages: the steps requantized twice. */
 #define TT_MHSA_S8_ACC_Q 1   /**< Q projection (not with fuse_qk) */
