@@ -67,7 +67,8 @@ def measure(model, offload: bool, run: bool) -> dict[str, object]:
         row["matches_host"] = bool(np.array_equal(result.outputs[0], host))
         total = sum(result.per_kernel.values())
         row["share_mhsa"] = sum(v for k, v in result.per_kernel.items() if "mhsa" in k) / total
-        row["share_conv"] = sum(v for k, v in result.per_kernel.items() if "conv2d" in k) / total
+        row["share_conv"] = sum(v for k, v in result.per_kernel.items()
+                                if "conv2d" in k or "conv_s8" in k) / total
     return row
 
 

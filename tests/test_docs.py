@@ -16,6 +16,7 @@ import pytest
 
 from tvm_tiny.codegen.variant import CONFIG_HEADER
 from tvm_tiny.partition.patterns import (
+    CONV_S8_COMPOSITE,
     LINEAR_S8_COMPOSITE,
     LINEAR_SPARSE_COMPOSITE,
     MHSA_COMPOSITES,
@@ -36,7 +37,8 @@ _DOTTED = re.compile(r"(?<![\w.])tvm_tiny(?:\.\w+)+")
 _LINK = re.compile(r"\]\(([^)\s]+)\)")
 # Names a page spells like a module that are not one: the composite function names of
 # ``partition/patterns.py``.
-_COMPOSITES = {*MHSA_COMPOSITES, LINEAR_SPARSE_COMPOSITE, LINEAR_S8_COMPOSITE}
+_COMPOSITES = {*MHSA_COMPOSITES, LINEAR_SPARSE_COMPOSITE, LINEAR_S8_COMPOSITE,
+               CONV_S8_COMPOSITE}
 _FIGURE = re.compile(r"\d{1,3}(?:,\d{3})+|\d+\.\d+x")
 
 

@@ -1,6 +1,7 @@
 """Hybrid Neural-ODE + MHSA network (issue #8, ``tvm_tiny.testing.hybrid``): the shared-weight ODE
-block's convolutions go through TVM, the MHSA is offloaded, float32 and int8 match onnxruntime,
-and the emulated boards agree with the host and profile both kinds of kernel."""
+block's convolutions go through TVM in float32 and to the int8 conv kernel in int8, the MHSA is
+offloaded, float32 and int8 match onnxruntime, and the emulated boards agree with the host and
+profile both kinds of kernel."""
 
 from __future__ import annotations
 
@@ -94,7 +95,10 @@ def test_float32_offloads_mhsa_and_matches_onnxruntime(host_libs, float_model):
 def test_int8_offloads_int8_mhsa_and_stays_within_steps(host_libs, int8_model):
     lib = host_libs["int8"]
     assert [e["dtype"] for e in lib.metadata["offloaded"]] == ["int8"]
-    assert any("conv2d" in s["name"] for s in lib.metadata["steps"])
+    # Every conv offloaded to tt_conv_s8, the ODE block's two weight arrays stored once each.
+    convs = lib.metadata["conv_s8"]
+    assert len(convs) == 1 + 2 * SIZES["small"].steps
+    assert len({e["shared_weights"]["symbol"] for e in convs}) == 3
     step = _output_scale(int8_model)
     for x in _inputs():
         (y,) = lib.run(x)
@@ -129,6 +133,6 @@ def test_board_matches_host_and_profiles_mhsa_and_convs(board, dtype, float_mode
         np.testing.assert_allclose(out, host, rtol=0, atol=BOARD_ATOL)
     total = sum(run.per_kernel.values())
     mhsa = run.per_kernel.get("tvm_tiny_mhsa_0", 0)
-    conv = sum(v for k, v in run.per_kernel.items() if "conv2d" in k)
+    conv = sum(v for k, v in run.per_kernel.items() if "conv2d" in k or "conv_s8" in k)
     assert run.instructions > 0 and mhsa > 0 and conv > 0
     assert 0 < mhsa / total < 1 and 0 < conv / total < 1

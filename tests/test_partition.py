@@ -148,7 +148,8 @@ def test_patterns_are_registered_once_highest_priority_last():
     registered = [p.name for p in get_patterns_with_prefix(patterns.PATTERN_PREFIX)]
     assert registered == defined[::-1]
     assert registered == [patterns.MHSA_S8_COMPOSITE, patterns.MHSA_COMPOSITE,
-                          patterns.LINEAR_S8_COMPOSITE, patterns.LINEAR_SPARSE_COMPOSITE]
+                          patterns.CONV_S8_COMPOSITE, patterns.LINEAR_S8_COMPOSITE,
+                          patterns.LINEAR_SPARSE_COMPOSITE]
 
 
 def test_emitters_and_patterns_agree_one_to_one():

@@ -20,6 +20,7 @@ import tvm
 import tvm_ffi
 from tvm import relax
 
+from tvm_tiny.codegen.conv_s8 import ConvS8Descriptor, describe_conv_s8, emit_conv_s8
 from tvm_tiny.codegen.kernel import GeneratedKernel
 from tvm_tiny.codegen.linear import LinearDescriptor, describe_linear, emit_linear_sparse_f32
 from tvm_tiny.codegen.linear_s8 import LinearS8Descriptor, describe_linear_s8, emit_linear_s8
@@ -33,6 +34,7 @@ from tvm_tiny.ir.provenance import UNKNOWN, Provenance
 from tvm_tiny.partition.describe import MhsaDescriptor, describe_mhsa, offloaded_symbol
 from tvm_tiny.partition.partitioner import composite_name
 from tvm_tiny.partition.patterns import (
+    CONV_S8_COMPOSITE,
     LINEAR_S8_COMPOSITE,
     LINEAR_SPARSE_COMPOSITE,
     MHSA_COMPOSITE,
@@ -46,10 +48,11 @@ EMITTERS: dict[tuple[str, str], Emitter] = {
     (MHSA_S8_COMPOSITE, "int8"): emit_mhsa_s8,
     (LINEAR_SPARSE_COMPOSITE, "float32"): emit_linear_sparse_f32,
     (LINEAR_S8_COMPOSITE, "int8"): emit_linear_s8,
+    (CONV_S8_COMPOSITE, "int8"): emit_conv_s8,
 }
 """(composite, dtype) → emitter; every pattern in ``patterns.tiny_patterns`` has an entry."""
 
-Descriptor = MhsaDescriptor | LinearDescriptor | LinearS8Descriptor
+Descriptor = MhsaDescriptor | LinearDescriptor | LinearS8Descriptor | ConvS8Descriptor
 """What the code generator reads of one offloaded function."""
 
 
@@ -98,6 +101,8 @@ def describe_function(func: relax.Function, symbol: str) -> Descriptor:
         return describe_linear(func, symbol)
     if composite == LINEAR_S8_COMPOSITE:
         return describe_linear_s8(func, symbol)
+    if composite == CONV_S8_COMPOSITE:
+        return describe_conv_s8(func, symbol)
     if composite in (MHSA_COMPOSITE, MHSA_S8_COMPOSITE):
         return describe_mhsa(func, symbol)
     raise CodegenError(f"'{symbol}': no tvm_tiny emitter for composite {composite!r}")
@@ -115,6 +120,9 @@ def generate_kernel(func: relax.Function, session: CodegenSession) -> GeneratedK
     if isinstance(desc, LinearS8Descriptor):
         return EMITTERS[(LINEAR_S8_COMPOSITE, desc.dtype)](desc, None, session.model, "n/a",
                                                            session.cores, session.provenance)
+    if isinstance(desc, ConvS8Descriptor):
+        return EMITTERS[(CONV_S8_COMPOSITE, desc.dtype)](desc, None, session.model, "n/a",
+                                                         session.cores, session.provenance)
     if isinstance(desc, LinearDescriptor):
         return EMITTERS[(LINEAR_SPARSE_COMPOSITE, desc.dtype)](desc, None, session.model, "n/a",
                                                                session.cores,

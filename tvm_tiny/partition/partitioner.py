@@ -27,6 +27,7 @@ from tvm_tiny.partition.bindings import bindings_of
 from tvm_tiny.partition.canonicalize import CanonicalizeSelfAttention
 from tvm_tiny.partition.patterns import (
     CODEGEN_NAME,
+    CONV_S8_COMPOSITE,
     LINEAR_S8_COMPOSITE,
     LINEAR_SPARSE_COMPOSITE,
     MHSA_COMPOSITES,
@@ -37,8 +38,8 @@ from tvm_tiny.partition.proof_mark import RemoveProofMarks, count_marks, unclaim
 from tvm_tiny.partition.qdq import FoldConstantExceptInt8Weights, int8_matmul_weights
 from tvm_tiny.partition.split_dequantize import SplitSharedDequantize
 
-__all__ = ["CODEGEN_NAME", "PartitionReport", "composite_name", "linear_s8_functions",
-           "mhsa_functions", "offloaded_functions", "partition_for_tiny",
+__all__ = ["CODEGEN_NAME", "PartitionReport", "composite_name", "conv_s8_functions",
+           "linear_s8_functions", "mhsa_functions", "offloaded_functions", "partition_for_tiny",
            "sparse_linear_functions"]
 
 
@@ -59,6 +60,27 @@ def every_int8_weight(func: relax.Function) -> list[relax.Var]:
             and value.op.name == "relax.dequantize" and is_constant(value.args[0])
             and tensor_dtype(value.args[0]) == "int8"
             and len(static_shape(value.args[0]) or ()) >= 2]
+
+
+def int8_conv_weights(func: relax.Function) -> list[relax.Var]:
+    """The vars bound to ``dequantize(4-D int8 constant)`` read only as a ``conv2d`` weight: kept
+    by the first fold (as the matmul weights are) so the ``tvm_tiny.conv_s8`` pattern can read
+    their integers; the refold folds those it does not take."""
+    users: dict[relax.Var, list[relax.Expr]] = {}
+    for _, value in bindings_of(func):
+        if isinstance(value, relax.Call):
+            for arg in value.args:
+                if isinstance(arg, relax.Var):
+                    users.setdefault(arg, []).append(value)
+    return [var for var in every_int8_weight(func)
+            if len(static_shape(var) or ()) == 4 and users.get(var) and all(
+                isinstance(u.op, tvm.ir.Op) and u.op.name == "relax.nn.conv2d"
+                and u.args[1].same_as(var) and not u.args[0].same_as(var)
+                for u in users[var])]
+
+
+def _matmul_and_conv_weights(func: relax.Function) -> list[relax.Var]:
+    return int8_matmul_weights(func) + int8_conv_weights(func)
 
 
 def partition_for_tiny(mod: tvm.IRModule, report: PartitionReport | None = None, *,
@@ -106,7 +128,7 @@ def partition_for_tiny(mod: tvm.IRModule, report: PartitionReport | None = None,
     with quiet_take_fast_mode():
         mod = tvm.transform.Sequential([
             FoldConstantExceptInt8Weights(
-                every_int8_weight if keep_int8_weights else int8_matmul_weights),
+                every_int8_weight if keep_int8_weights else _matmul_and_conv_weights),
             canonicalize,
             FoldConstantExceptInt8Weights(
                 every_int8_weight if keep_int8_weights else kept_int8_weights, refold=True),
@@ -197,8 +219,15 @@ def linear_s8_functions(mod: tvm.IRModule) -> list[tvm.ir.GlobalVar]:
             if composite_name(mod[gv]) == LINEAR_S8_COMPOSITE]
 
 
+def conv_s8_functions(mod: tvm.IRModule) -> list[tvm.ir.GlobalVar]:
+    """The offloaded functions holding a ``tvm_tiny.conv_s8`` composite, in call order."""
+    return [gv for gv in offloaded_functions(mod)
+            if composite_name(mod[gv]) == CONV_S8_COMPOSITE]
+
+
 _SHORT_NAMES = {LINEAR_SPARSE_COMPOSITE: "tvm_tiny_linear",
-                LINEAR_S8_COMPOSITE: "tvm_tiny_linear_s8"}
+                LINEAR_S8_COMPOSITE: "tvm_tiny_linear_s8",
+                CONV_S8_COMPOSITE: "tvm_tiny_conv_s8"}
 
 
 def _rename_offloaded(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[str]]:

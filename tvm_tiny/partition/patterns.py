@@ -11,6 +11,10 @@ TVM's ``register_patterns``: later entries have higher priority, so the fused MH
 which contain the linear pattern's ops, come after it and win where both match.
 ``partition_for_tiny`` looks them up with ``get_patterns_with_prefix(PATTERN_PREFIX)``, highest
 priority first, as ``relax/backend/contrib/tensorrt.py`` does.
+
+Patterns: ``tvm_tiny.mhsa`` / ``tvm_tiny.mhsa_s8`` (attention), ``tvm_tiny.linear`` (pruned
+float32 linear layers), ``tvm_tiny.linear_s8`` (int8 linear layers) and ``tvm_tiny.conv_s8``
+(int8 convolutions, standard, pointwise and depthwise; ``read_conv_s8`` says why one is not).
 """
 
 from __future__ import annotations
@@ -26,12 +30,13 @@ from tvm.relax.dpl import DFPattern, is_const, is_op, wildcard
 from tvm.relax.transform import PatternCheckContext
 
 from tvm_tiny.ir.enums import DType
-from tvm_tiny.ir.quant import QParams
+from tvm_tiny.ir.quant import QParams, QWeight
 from tvm_tiny.ir.relax_compat import constant_value, is_constant, static_shape
 from tvm_tiny.ir.sparse import csr_bytes
 from tvm_tiny.partition.layout_trace import per_tensor_qparams
 from tvm_tiny.partition.proof_mark import is_proof_mark
 from tvm_tiny.partition.qdq import int8_matmul_weight, is_int8_weight, is_matrix_transpose
+from tvm_tiny.reference.conv_s8 import ConvGeometry, ConvS8Quant, lower_conv_s8, weight_matrix
 from tvm_tiny.reference.linear_s8 import LinearS8Quant, lower_linear_s8
 
 CODEGEN_NAME = "tvm_tiny"
@@ -46,6 +51,7 @@ MHSA_COMPOSITE = "tvm_tiny.mhsa"
 MHSA_S8_COMPOSITE = "tvm_tiny.mhsa_s8"
 LINEAR_SPARSE_COMPOSITE = "tvm_tiny.linear"
 LINEAR_S8_COMPOSITE = "tvm_tiny.linear_s8"
+CONV_S8_COMPOSITE = "tvm_tiny.conv_s8"
 MHSA_COMPOSITES = (MHSA_COMPOSITE, MHSA_S8_COMPOSITE)
 
 
@@ -239,6 +245,17 @@ def _quantized(call: relax.Expr, dtype: str) -> QParams | None:
         return None
 
 
+def _act_bounds(act: relax.Expr | None) -> tuple[float | None, float | None] | None:
+    """The real (lower, upper) bounds of a matched ReLU/Clip (None: unbounded), or None when a
+    Clip bound is not a constant."""
+    if act is None:
+        return None, None
+    if act.op.name == "relax.nn.relu":
+        return 0.0, None
+    lo, hi = _prim_float(act.args[1]), _prim_float(act.args[2])
+    return None if lo is None or hi is None else (lo, hi)
+
+
 def linear_s8_matched(matched: dict[DFPattern, relax.Expr], annotations: dict[str, DFPattern]
                       ) -> dict[str, relax.Expr]:
     """``extract_matched_expr``'s answer by annotation name (the names it matched)."""
@@ -274,16 +291,10 @@ def read_linear_s8(annotated: Mapping[str, relax.Expr]) -> tuple[LinearS8Quant |
         if b.size != n or b.shape[-1] != n:
             return None, "the bias is not one value per output column"
         b = b.reshape(-1)
-    lo = hi = None
-    act = get("act")
-    if act is not None:
-        if act.op.name == "relax.nn.relu":
-            lo = 0.0
-        else:
-            lo, hi = _prim_float(act.args[1]), _prim_float(act.args[2])
-            if lo is None or hi is None:
-                return None, "Clip bounds are not constants"
-    quant = LinearS8Quant(x, weight, b, y, acc, lo, hi)
+    bounds = _act_bounds(get("act"))
+    if bounds is None:
+        return None, "Clip bounds are not constants"
+    quant = LinearS8Quant(x, weight, b, y, acc, *bounds)
     try:
         lower_linear_s8(quant)
     except ValueError as why:
@@ -326,9 +337,143 @@ def linear_s8_int8_weights(func: relax.Function) -> list[relax.Var]:
     return found
 
 
+# ---------------------------------------------------------------- int8 convolution
+def make_conv_s8_pattern() -> tuple[DFPattern, dict[str, DFPattern]]:
+    """The QDQ int8 convolution (int8 in, int8 out) with named annotations: ``quantize(
+    [relu | clip](add?(dequantize(quantize(conv)) | conv, b const)))`` of ``conv2d(
+    dequantize(x_q), dequantize(W_q const))``, the linear layer's chain with ``conv2d`` for the
+    MatMul (``acc``: the exported rounding point before the bias add; onnxruntime's quantizer
+    writes none, its Conv carries the bias)."""
+    xq = wildcard()
+    x = is_op("relax.dequantize")(xq, is_const(), is_const())
+    w_dq = is_op("relax.dequantize")(is_const(), is_const(), is_const())
+    conv = is_op("relax.nn.conv2d")(x, w_dq)
+    acc = is_op("relax.quantize")(conv, is_const(), is_const())
+    inner = is_op("relax.dequantize")(acc, is_const(), is_const()) | conv
+    bias = is_const()
+    body = is_op("relax.add")(inner, bias) | inner
+    act = is_op("relax.nn.relu")(body) | is_op("relax.clip")(body, wildcard(), wildcard())
+    root = is_op("relax.quantize")(act | body, is_const(), is_const())
+    annotations = {"root": root, "xq": xq, "x": x, "w_dq": w_dq, "conv": conv, "acc": acc,
+                   "bias": bias, "act": act}
+    return root, annotations
+
+
+def _conv_weight(w_dq: relax.Call, out_channels: int) -> QWeight | None:
+    """The int8 OIHW weight of a symmetric ``dequantize`` with one scale or one per output
+    channel (axis 0), as the [K, O] matrix of ``reference.conv_s8``; None otherwise."""
+    if not all(is_constant(a) for a in w_dq.args[:3]):
+        return None
+    values, scale, zero_point = (constant_value(a) for a in w_dq.args[:3])
+    if values.dtype != np.int8 or values.ndim != 4 or np.any(zero_point != 0):
+        return None
+    scale = np.asarray(scale, np.float32).reshape(-1)
+    if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+        return None
+    if scale.size != 1 and (int(w_dq.attrs.axis) % 4 != 0 or scale.size != out_channels):
+        return None
+    per_channel = np.ascontiguousarray(np.broadcast_to(scale, (out_channels,)), np.float32)
+    return QWeight(weight_matrix(values, 1), per_channel)
+
+
+def _conv_geometry(conv: relax.Call, x_shape: tuple[int, ...], out_channels: int,
+                   kernel: tuple[int, int]) -> tuple[ConvGeometry | None, str]:
+    """The :class:`ConvGeometry` of a ``conv2d`` call, or None and why the kernel cannot take
+    it (layouts, dilation, groups)."""
+    a = conv.attrs
+    layouts = (str(a.data_layout), str(a.kernel_layout), str(a.out_layout))
+    if layouts != ("NCHW", "OIHW", "NCHW"):
+        return None, f"conv2d layouts {'/'.join(layouts)}, not NCHW/OIHW/NCHW"
+    dilation = tuple(int(v) for v in a.dilation)
+    if dilation != (1, 1):
+        return None, f"conv2d dilation {dilation}: the int8 conv kernel takes dilation 1 only"
+    pad = tuple(int(v) for v in a.padding)
+    padding = pad * 4 if len(pad) == 1 else (pad * 2 if len(pad) == 2 else pad)
+    try:
+        geometry = ConvGeometry(int(x_shape[0]), int(x_shape[1]), int(x_shape[2]),
+                                int(x_shape[3]), out_channels, kernel,
+                                tuple(int(v) for v in a.strides), padding, int(a.groups))
+    except ValueError as why:
+        return None, str(why)
+    return geometry, ""
+
+
+def read_conv_s8(annotated: Mapping[str, relax.Expr]) -> tuple[ConvS8Quant | None, str]:
+    """The :class:`ConvS8Quant` of a matched ``tvm_tiny.conv_s8`` chain (``annotated``:
+    annotation name → matched expression), or None and why the int8 kernel cannot take it."""
+    xq, root, w_dq, conv = (annotated.get(n) for n in ("xq", "root", "w_dq", "conv"))
+    if str(xq.ty.dtype) != DType.INT8 or str(root.attrs.out_dtype) != DType.INT8:
+        return None, "conv2d input or output is not int8"
+    x_shape, w_shape = static_shape(xq), static_shape(w_dq)
+    if x_shape is None or len(x_shape) != 4 or w_shape is None or len(w_shape) != 4:
+        return None, f"conv2d input {x_shape} or weight {w_shape} is not a static 4-D shape"
+    out_channels = int(w_shape[0])
+    geometry, reason = _conv_geometry(conv, x_shape, out_channels, (w_shape[2], w_shape[3]))
+    if geometry is None:
+        return None, reason
+    weight = _conv_weight(w_dq, out_channels)
+    if weight is None:
+        return None, "conv2d weight is not symmetric int8 OIHW with per-tensor or " \
+                     "per-output-channel scales"
+    x, y = _quantized(annotated.get("x"), DType.INT8), _quantized(root, DType.INT8)
+    acc = None if annotated.get("acc") is None else _quantized(annotated["acc"], DType.INT8)
+    if x is None or y is None or (annotated.get("acc") is not None and acc is None):
+        return None, "a quantization point of the conv2d is not per-tensor int8"
+    b = None
+    if annotated.get("bias") is not None:
+        b = constant_value(annotated["bias"]).astype(np.float32)
+        # [O, 1, 1] or [1, O, 1, 1] broadcast along the channels of the NCHW output; any other
+        # shape (a 1-D [O] runs along the width) is not a per-channel bias.
+        if b.size != out_channels or b.ndim < 3 or b.shape[-3] != out_channels:
+            return None, f"conv2d bias {b.shape} is not one value per output channel"
+        b = b.reshape(-1)
+    bounds = _act_bounds(annotated.get("act"))
+    if bounds is None:
+        return None, "Clip bounds are not constants"
+    quant = ConvS8Quant(geometry, LinearS8Quant(x, weight, b, y, acc, *bounds))
+    try:
+        lower_conv_s8(quant)
+    except ValueError as why:
+        return None, str(why)
+    return quant, ""
+
+
+def _check_conv_s8(context: PatternCheckContext) -> bool:
+    """A QDQ int8 convolution that ``tt_conv_s8`` computes; the others stay with TVM (and the
+    integer Relax rule of ``integerize/conv.py``)."""
+    # An intermediate (the float conv output, the bias add) read outside the region would lose
+    # its producer once the region becomes one kernel: keep it with TVM.
+    if has_leaking_intermediate_variables(context):
+        return False
+    quant, _reason = read_conv_s8(context.annotated_expr)
+    return quant is not None
+
+
+def conv_s8_int8_weights(func: relax.Function) -> list[relax.Var]:
+    """The weight ``dequantize`` vars of the int8 convolutions of ``func`` the
+    ``tvm_tiny.conv_s8`` pattern takes (left unfolded, as the linear layers' are)."""
+    pattern, annotations = make_conv_s8_pattern()
+    found: list[relax.Var] = []
+    for block in func.body.blocks:
+        var2val = {b.var: b.value for b in block.bindings}
+        var_of = {value: var for var, value in var2val.items()}
+        for value in var2val.values():
+            if not (isinstance(value, relax.Call) and value.op.same_as(_QUANTIZE)):
+                continue
+            matched = pattern.extract_matched_expr(value, var2val)
+            if matched is None:
+                continue
+            if read_conv_s8(linear_s8_matched(matched, annotations))[0] is not None \
+                    and matched[annotations["w_dq"]] in var_of:
+                found.append(var_of[matched[annotations["w_dq"]]])
+    return found
+
+
 def kept_int8_weights(func: relax.Function) -> list[relax.Var]:
-    """Every int8 weight an offloaded kernel reads: the MHSAs' and the int8 linear layers'."""
-    return canonical_int8_weights(func) + linear_s8_int8_weights(func)
+    """Every int8 weight an offloaded kernel reads: the MHSAs', the int8 linear layers' and
+    the int8 convolutions'."""
+    return canonical_int8_weights(func) + linear_s8_int8_weights(func) \
+        + conv_s8_int8_weights(func)
 
 
 def tiny_patterns() -> list[Pattern]:
@@ -338,12 +483,14 @@ def tiny_patterns() -> list[Pattern]:
     The int8 MHSA chain contains the float chain's ops plus Q/DQ and the MHSA chains contain the
     linear patterns' projections, so the order is the linear ones, float MHSA, int8 MHSA: a QDQ
     region is claimed whole by the int8 pattern and no projection of an attention by a linear one.
-    Tuples rather than ``FusionPattern`` objects, because TVM's ``atexit`` cleanup of the
-    registry only tracks patterns registered as tuples.
+    The int8 conv pattern shares no op with the others (it anchors on ``conv2d``); it sits with
+    the linear ones. Tuples rather than ``FusionPattern`` objects, because TVM's ``atexit``
+    cleanup of the registry only tracks patterns registered as tuples.
     """
     return [
         (LINEAR_SPARSE_COMPOSITE, *make_linear_sparse_pattern(), _check_linear_sparse),
         (LINEAR_S8_COMPOSITE, *make_linear_s8_pattern(), _check_linear_s8),
+        (CONV_S8_COMPOSITE, *make_conv_s8_pattern(), _check_conv_s8),
         (MHSA_COMPOSITE, *make_mhsa_pattern(), _check_mhsa),
         (MHSA_S8_COMPOSITE, *make_mhsa_s8_pattern(), _check_mhsa_s8),
     ]

@@ -40,8 +40,9 @@ def _replace_args(value: relax.Expr, subst: dict[relax.Var, relax.Var]) -> relax
 
 
 def _is_matmul(value: relax.Expr) -> bool:
+    """A matmul or a conv2d: the ops an int8 kernel pattern (linear_s8, conv_s8) starts at."""
     return isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) \
-        and value.op.name == "relax.matmul"
+        and value.op.name in ("relax.matmul", "relax.nn.conv2d")
 
 
 def _split_block(block: relax.DataflowBlock, outputs: set[relax.Var]) -> relax.DataflowBlock:
