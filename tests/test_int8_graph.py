@@ -99,6 +99,13 @@ def test_int8_eegformer_fits_the_stm32l4(eegformer_int8):
     weights = 2 * (4 * 32 * 8 * 32 + 2 * 32 * 128)
     columns = 2 * (3 * 8 * 32 + 32 + 128 + 32)
     assert weights < lib.metadata["params_bytes"] <= weights + 16 * columns + 1024
+    # the build report's per-layer view adds up, each kernel with its own row
+    rows = lib.metadata["params_by_layer"]
+    assert sum(r["bytes"] for r in rows) == lib.metadata["params_bytes"]
+    kinds = [r["kind"] for r in rows]
+    assert kinds.count("mhsa") == 2 and kinds.count("linear_s8") == 4 and "tvm" in kinds
+    mhsa = next(r for r in rows if r["kind"] == "mhsa")
+    assert mhsa["bytes"] == lib.metadata["offloaded"][0]["params_bytes"]
 
 
 def test_equal_constants_are_stored_once():

@@ -232,8 +232,27 @@ def test_each_tensor_is_planned_on_its_own_lifetime() -> None:
     """Relax hands one storage token to many tensors of a size in turn; planned as one buffer
     it stays allocated across the kernels between them. Planned per tensor, the int8 EEGFormer
     arena is its largest step: an MHSA's scratch beside its input and output (its
-    ``peak_bytes``, each of the three buffers aligned), within the 32 KiB of the int8 issue's
-    goal."""
+    ``peak_bytes``, each of the three buffers aligned)."""
     lib = tvm_tiny.build(build_network("eegformer", "int8"), target="stm32l4")
     peak = max(e["peak_bytes"] for e in lib.metadata["offloaded"])
-    assert peak <= lib.metadata["arena_bytes"] <= min(peak + 3 * DEFAULT_ALIGNMENT, 32 * 1024)
+    assert peak <= lib.metadata["arena_bytes"] <= peak + 3 * DEFAULT_ALIGNMENT
+
+
+def test_a_memory_budget_passes_over_tuned_configs_with_more_scratch() -> None:
+    """The shipped stm32l4 record of int8 EEGFormer's MHSA (81 rows per block) is the fastest
+    but needs 57 KB of arena; asked for 32 KiB, the build applies the best config within it
+    (here the default, 8 rows) and says which limit it applied."""
+    model = build_network("eegformer", "int8")
+    fastest = tvm_tiny.build(model, target="stm32l4")
+    assert [e["kernel"]["source"] for e in fastest.metadata["offloaded"]] == [
+        "shipped:stm32l4.jsonl"] * 2
+    assert fastest.metadata["arena_bytes"] > 32 * 1024
+    assert fastest.metadata["tuning_scratch_limit"] is None
+    within = tvm_tiny.build(model, target="stm32l4", arena_bytes=32 * 1024)
+    assert within.metadata["arena_bytes"] == 32 * 1024
+    limit = within.metadata["tuning_scratch_limit"]
+    assert limit is not None
+    assert all(e["scratch_bytes"] <= limit or e["kernel"]["source"] == "default"
+               for e in within.metadata["offloaded"])
+    with pytest.raises(MemoryPlanError, match="bytes short"):
+        tvm_tiny.build(model, target="stm32l4", arena_bytes=16 * 1024)

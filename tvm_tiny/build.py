@@ -21,14 +21,14 @@ from tvm_tiny.firmware.model import profiled_sources
 from tvm_tiny.frontend.importer import ModelLike, to_relax
 from tvm_tiny.ir.cformat import c_identifier
 from tvm_tiny.ir.enums import StepKind
-from tvm_tiny.ir.kernel_config import KernelChoice, KernelVariant
+from tvm_tiny.ir.kernel_config import DEFAULT_ORIGIN, KernelChoice, KernelVariant
 from tvm_tiny.ir.provenance import UNKNOWN, Provenance, build_call, initializer_names, model_sha256
 from tvm_tiny.ir.version import __version__
 from tvm_tiny.lower.aot import AotResult, ExternKernel, emit_aot
 from tvm_tiny.lower.memory import DEFAULT_ALIGNMENT
 from tvm_tiny.lower.relax_to_c import build_tir_to_c, fuse_and_plan
 from tvm_tiny.module import TinyModule, metadata_json
-from tvm_tiny.offload import OffloadResult, offload
+from tvm_tiny.offload import OffloadResult, conv_s8_params_bytes, offload
 from tvm_tiny.targets.boards import Board, check_fit, get_board, memory_needs
 from tvm_tiny.targets.resources import TVM_HEADERS, kernels_dir, runtime_dir, tvm_header_dirs
 
@@ -81,7 +81,8 @@ class CompiledGraph:
             return self.aot.params_bytes
         return (self.aot.params_bytes + sum(e["params_bytes"] for e in self.offload.mhsa)
                 + sum(e["params_bytes"] for e in self.offload.sparse_linear)
-                + sum(e["params_bytes"] for e in self.offload.linear_s8))
+                + sum(e["params_bytes"] for e in self.offload.linear_s8)
+                + conv_s8_params_bytes(self.offload.conv_s8))
 
 
 def _lower(mod: tvm.IRModule, name: str, profile: Board, externs: dict[str, ExternKernel],
@@ -99,14 +100,65 @@ def _lower(mod: tvm.IRModule, name: str, profile: Board, externs: dict[str, Exte
 def _compile(mod: tvm.IRModule, name: str, profile: Board, offload_mhsa: bool,
              arena_limit: int | None, tuning_log: str | None = None,
              sparse: bool = True, provenance: Provenance = UNKNOWN, integer: bool = False,
-             int8_io: bool = False) -> CompiledGraph:
+             int8_io: bool = False, scratch_limit: int | None = None) -> CompiledGraph:
     """Partition (optionally), integerize, generate, lower and plan one Relax module."""
     result = offload(mod, name, profile, tuning_log, sparse, provenance, integer=integer,
-                     int8_io=int8_io) if offload_mhsa else None
+                     int8_io=int8_io, scratch_limit=scratch_limit) if offload_mhsa else None
     aot, tir_c = _lower(result.module if result else mod, name, profile,
                         result.externs if result else {}, arena_limit, provenance,
                         inline=result is not None)
     return CompiledGraph(aot, tir_c, result)
+
+
+MAX_BUDGET_RETRIES = 4
+"""How many times ``build`` gives up a faster tuned MHSA config for one with less scratch."""
+
+
+def _needs(compiled: CompiledGraph, profile: Board) -> list[Any]:
+    aot = compiled.aot
+    return memory_needs(profile, arena_bytes=aot.arena_bytes, params_bytes=compiled.params_bytes,
+                        io_bytes=sum(t.nbytes for t in aot.inputs + aot.outputs))
+
+
+def _bytes_over(compiled: CompiledGraph, profile: Board, arena_bytes: int | None) -> int:
+    """How many bytes the arena must shrink for the model to fit: the requested
+    ``arena_bytes``, and the board memory that holds the arena (0 when both fit)."""
+    over = 0 if arena_bytes is None else compiled.aot.arena_bytes - arena_bytes
+    for need in _needs(compiled, profile):
+        if any(what == "arena" for what, _ in need.parts):
+            over = max(over, need.total - need.size)
+    return max(over, 0)
+
+
+def _tuned_scratch(compiled: CompiledGraph) -> int | None:
+    """The largest scratch of an MHSA whose config came from a tuning log, or None."""
+    tuned = [int(e["scratch_bytes"]) for e in (compiled.offload.mhsa if compiled.offload else [])
+             if e["kernel"]["source"] != str(DEFAULT_ORIGIN)]
+    return max(tuned) if tuned else None
+
+
+def _compile_within_budget(mod: tvm.IRModule, name: str, profile: Board, offload_mhsa: bool,
+                           arena_bytes: int | None, tuning_log: str | None, sparse: bool,
+                           provenance: Provenance, integer: bool, int8_io: bool
+                           ) -> tuple[CompiledGraph, int | None]:
+    """``_compile``, and when the best tuning records make the arena too large for
+    ``arena_bytes`` or the board, again with records of less MHSA scratch (AutoTVM's
+    apply-best, within the memory budget): (compiled, the scratch limit applied or None).
+    Untuned MHSAs keep their default; what still does not fit is refused by the caller."""
+    compiled = _compile(mod, name, profile, offload_mhsa, None, tuning_log, sparse, provenance,
+                        integer, int8_io)
+    limit = None
+    for _ in range(MAX_BUDGET_RETRIES):
+        over, tuned = _bytes_over(compiled, profile, arena_bytes), _tuned_scratch(compiled)
+        if over == 0 or tuned is None:
+            break
+        limit = tuned - over
+        compiled = _compile(mod, name, profile, offload_mhsa, None, tuning_log, sparse,
+                            provenance, integer, int8_io, scratch_limit=limit)
+    if arena_bytes is not None:  # the arena at exactly the size asked for (or its refusal)
+        compiled = _compile(mod, name, profile, offload_mhsa, arena_bytes, tuning_log, sparse,
+                            provenance, integer, int8_io, scratch_limit=limit)
+    return compiled, limit
 
 
 def layerwise_peak_bytes(composite: relax.Function, model: str, profile: Board) -> int:
@@ -148,7 +200,9 @@ def build(model: ModelLike, target: str = "host", offload: bool = True,
     tuning_log
         A tuning log (``tvm_tiny.tune``): each MHSA gets the best valid record for its
         (board, workload), else the shipped ``tuning_logs/<board>.jsonl`` applies, else the
-        board default; ``metadata["offloaded"][i]["kernel"]["source"]`` says which.
+        board default; ``metadata["offloaded"][i]["kernel"]["source"]`` says which. When the
+        best records leave the arena too large for ``arena_bytes`` or the board, the best
+        records with less scratch apply instead (``metadata["tuning_scratch_limit"]``).
     arena_bytes
         Fix the arena size. A size below what the plan needs is refused with the bytes missing.
     name
@@ -189,8 +243,9 @@ def build(model: ModelLike, target: str = "host", offload: bool = True,
         initializer_names(model))
     name = c_identifier(name or model_name)
     relax_text = mod.script()
-    compiled = _compile(mod, name, profile, offload, arena_bytes, tuning_log, sparse,
-                        provenance, integer, int8_io)
+    compiled, scratch_limit = _compile_within_budget(mod, name, profile, offload, arena_bytes,
+                                                     tuning_log, sparse, provenance, integer,
+                                                     int8_io)
     aot = compiled.aot
     prefix = f"tvmtiny_{name}"
     files: dict[str, str] = {
@@ -206,9 +261,9 @@ def build(model: ModelLike, target: str = "host", offload: bool = True,
     files.update(runtime_files(result.library_sources if result else []))
     files.update(_variant_header(result.f32_choices if result else {}))
     metadata = _metadata(compiled, profile, name, provenance.model_sha256)
-    needs = memory_needs(
-        profile, arena_bytes=aot.arena_bytes, params_bytes=compiled.params_bytes,
-        io_bytes=sum(t.nbytes for t in aot.inputs + aot.outputs))
+    # A tuned MHSA config passed over for one of less scratch, so that the model fits.
+    metadata["tuning_scratch_limit"] = scratch_limit
+    needs = _needs(compiled, profile)
     metadata["memory_needs"] = [
         {"memory": n.memory, "bytes": n.total, "size": n.size, "parts": dict(n.parts)}
         for n in needs]
@@ -282,6 +337,7 @@ def _metadata(compiled: CompiledGraph, profile: Board, name: str,
         "not_integerized": [] if result is None else result.not_integerized,
         "sparse_linear": [] if result is None else result.sparse_linear,
         "linear_s8": [] if result is None else result.linear_s8,
+        "conv_s8": [] if result is None else result.conv_s8,
         "layerwise_arena_bytes": None,
         "layerwise_arena_usage_by_step": None,
         "layerwise_memory_plan": None,
@@ -292,4 +348,36 @@ def _metadata(compiled: CompiledGraph, profile: Board, name: str,
         ],
         "memory_plan": aot.buffers,
         "arena_usage_by_step": aot.usage_by_step,
+        "params_by_layer": params_by_layer(compiled),
     }
+
+
+def params_by_layer(compiled: CompiledGraph) -> list[dict[str, Any]]:
+    """Where ``params_bytes`` goes, a row per layer in call order: each offloaded kernel's own
+    arrays (weights, biases, requantization tables), a weight array that several convolutions
+    share once (a Neural-ODE block's steps), and the constants of each TVM function (a constant
+    shared by functions counts with the first). The bytes add up to ``params_bytes``."""
+    result = compiled.offload
+    kernels: dict[str, tuple[str, int]] = {}
+    if result is not None:
+        for kind, entries in (("mhsa", result.mhsa), ("linear_s8", result.linear_s8),
+                              ("conv_s8", result.conv_s8),
+                              ("sparse_linear", result.sparse_linear)):
+            for entry in entries:
+                kernels[entry["name"]] = (kind, int(entry["params_bytes"]))
+    rows: list[dict[str, Any]] = []
+    shared_seen: set[str] = set()
+    tir_bytes = {id(step): n for step, n in compiled.aot.constants_by_step()}
+    for step in compiled.aot.steps:
+        if step.name in kernels:
+            kind, n = kernels.pop(step.name)
+            rows.append({"layer": step.name, "kind": kind, "bytes": n})
+        elif id(step) in tir_bytes:  # one PrimFunc may serve several steps (two GELU tables)
+            rows.append({"layer": step.name, "kind": "tvm", "bytes": tir_bytes[id(step)]})
+    for entry in [] if result is None else result.conv_s8:
+        shared = entry["shared_weights"]
+        if shared["symbol"] not in shared_seen:
+            shared_seen.add(shared["symbol"])
+            rows.append({"layer": shared["symbol"], "kind": "conv_s8 shared weights",
+                         "bytes": int(shared["bytes"])})
+    return rows

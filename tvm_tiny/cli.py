@@ -46,7 +46,14 @@ def _summary(lib: Any) -> str:
         f"  arena {m['arena_bytes']} B{_layerwise(m['layerwise_arena_bytes'], 'TVM alone')}, "
         f"params {m['params_bytes']} B, {len(m['tvm_functions'])} TVM kernel calls"
     )
+    lines.extend(_params_by_layer(m.get("params_by_layer", [])))
     return "\n".join(lines)
+
+
+def _params_by_layer(rows: list[dict[str, Any]]) -> list[str]:
+    """``    params  42944 B  mhsa       tvm_tiny_mhsa_0`` per layer (TVM's fused function
+    names cut to 48 characters)."""
+    return [f"    params {r['bytes']:7d} B  {r['kind']:10s} {r['layer'][:48]}" for r in rows]
 
 
 def _layerwise(value: int | None, who: str = "") -> str:

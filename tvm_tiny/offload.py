@@ -16,6 +16,7 @@ from typing import Any
 import tvm
 from tvm import relax
 
+from tvm_tiny.codegen.conv_s8 import ConvS8Descriptor, metadata_entry_conv_s8
 from tvm_tiny.codegen.ext import CodegenSession, describe_function
 from tvm_tiny.codegen.kernel import GeneratedKernel
 from tvm_tiny.codegen.linear import LinearDescriptor, metadata_entry
@@ -32,6 +33,7 @@ from tvm_tiny.lower.aot import ExternKernel
 from tvm_tiny.partition.describe import MhsaDescriptor, composite_of, offloaded_symbol
 from tvm_tiny.partition.partitioner import (
     PartitionReport,
+    conv_s8_functions,
     linear_s8_functions,
     mhsa_functions,
     partition_for_tiny,
@@ -58,6 +60,7 @@ class OffloadResult:
     mhsa: list[dict[str, Any]] = field(default_factory=list)
     sparse_linear: list[dict[str, Any]] = field(default_factory=list)
     linear_s8: list[dict[str, Any]] = field(default_factory=list)  # one per int8 linear layer
+    conv_s8: list[dict[str, Any]] = field(default_factory=list)  # one per int8 convolution
     externs: dict[str, ExternKernel] = field(default_factory=dict)
     library_sources: list[str] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
@@ -68,7 +71,8 @@ class OffloadResult:
 
 
 def _kernel_choices(descriptors: dict[str, MhsaDescriptor], profile: Board,
-                    tuning_log: str | None, sparse: bool) -> dict[str, KernelChoice]:
+                    tuning_log: str | None, sparse: bool,
+                    scratch_limit: int | None = None) -> dict[str, KernelChoice]:
     """The best tuning record per (board, workload): from ``tuning_log``, else the shipped
     ``tuning_logs/<board>.jsonl``, else the board default (:mod:`tvm_tiny.tuning.apply`).
     ``sparse=False`` forces every MHSA's weights dense (the default then ignores pruning)."""
@@ -79,7 +83,7 @@ def _kernel_choices(descriptors: dict[str, MhsaDescriptor], profile: Board,
                                               desc.weights if sparse else None)
         if desc.dtype == DType.FLOAT32 and sparse:
             weights[symbol] = desc.weights
-    applied = kernel_configs(workloads, profile.name, tuning_log, weights)
+    applied = kernel_configs(workloads, profile.name, tuning_log, weights, scratch_limit)
     choices = {symbol: a.choice for symbol, a in applied.items()}
     if not sparse:
         for symbol, choice in choices.items():
@@ -149,14 +153,16 @@ def integerize(mod: tvm.IRModule, int8_io: bool = False
 
 def offload(mod: tvm.IRModule, model: str, profile: Board, tuning_log: str | None = None,
             sparse: bool = True, provenance: Provenance = UNKNOWN, *,
-            integer: bool = False, int8_io: bool = False) -> OffloadResult:
+            integer: bool = False, int8_io: bool = False,
+            scratch_limit: int | None = None) -> OffloadResult:
     """Partition ``mod`` and generate the C of every offloaded kernel, once each.
 
     Every matched MHSA becomes a ``tvm_tiny.mhsa`` / ``tvm_tiny.mhsa_s8`` kernel (config applied
     from ``tuning_log`` and the shipped logs, see :func:`_kernel_choices`), and with ``sparse``
     every pruned linear layer that is smaller row-compressed a ``tvm_tiny.linear`` kernel.
     With ``integer`` the QDQ regions left are rewritten into integer Relax (:func:`integerize`;
-    ``int8_io``: ``main`` takes and returns int8).
+    ``int8_io``: ``main`` takes and returns int8). ``scratch_limit``: tuning records whose MHSA
+    scratch is larger do not apply (the build's memory budget, see ``build``).
     """
     report = PartitionReport()
     mod = partition_for_tiny(mod, report, sparse=sparse, keep_int8_weights=integer)
@@ -165,14 +171,15 @@ def offload(mod: tvm.IRModule, model: str, profile: Board, tuning_log: str | Non
     if integer:
         mod, not_integerized, io = integerize(mod, int8_io)
     mhsa_gvs = mhsa_functions(mod)
-    linear_gvs = sparse_linear_functions(mod) + linear_s8_functions(mod)
+    linear_gvs = sparse_linear_functions(mod) + linear_s8_functions(mod) + conv_s8_functions(mod)
     mhsa_symbols = [offloaded_symbol(mod[gv]) for gv in mhsa_gvs]
     linear_symbols = [offloaded_symbol(mod[gv]) for gv in linear_gvs]
     descriptors = {symbol: describe_function(mod[gv], symbol)
                    for gv, symbol in zip(mhsa_gvs + linear_gvs, mhsa_symbols + linear_symbols)}
     mhsa_descs = {s: d for s, d in descriptors.items() if isinstance(d, MhsaDescriptor)}
     session = CodegenSession(model, profile.cluster_cores,
-                             _kernel_choices(mhsa_descs, profile, tuning_log, sparse),
+                             _kernel_choices(mhsa_descs, profile, tuning_log, sparse,
+                                             scratch_limit),
                              dict(descriptors), provenance=provenance)
     composites = {symbol: standalone_composite(mod[gv])
                   for gv, symbol in zip(mhsa_gvs, mhsa_symbols)}
@@ -197,6 +204,8 @@ def offload(mod: tvm.IRModule, model: str, profile: Board, tuning_log: str | Non
             result.sparse_linear.append(metadata_entry(desc, kernel))
         elif isinstance(desc, LinearS8Descriptor):
             result.linear_s8.append(metadata_entry_s8(desc, kernel))
+        elif isinstance(desc, ConvS8Descriptor):
+            result.conv_s8.append(metadata_entry_conv_s8(desc, kernel))
         else:
             choice = session.choices[symbol]
             result.mhsa.append(_mhsa_entry(desc, choice, kernel, profile.cluster_cores))
@@ -204,6 +213,13 @@ def offload(mod: tvm.IRModule, model: str, profile: Board, tuning_log: str | Non
                 result.f32_choices[symbol] = choice
     _check_external_modules(mod, result.externs)
     return result
+
+
+def conv_s8_params_bytes(entries: list[dict[str, Any]]) -> int:
+    """Flash bytes of the int8 convolutions: each instance's own arrays, plus each weight array
+    once however many instances share it (``metadata["conv_s8"][i]["shared_weights"]``)."""
+    shared = {e["shared_weights"]["symbol"]: e["shared_weights"]["bytes"] for e in entries}
+    return sum(e["params_bytes"] for e in entries) + sum(shared.values())
 
 
 def standalone_composite(func: relax.Function) -> relax.Function:

@@ -70,9 +70,11 @@ def _sources(board: str, tuning_log: str | Path | None
 
 
 def _candidates(workload: Workload, board: str,
-                sources: list[tuple[ConfigOrigin, list[TuningRecord]]]
+                sources: list[tuple[ConfigOrigin, list[TuningRecord]]],
+                scratch_limit: int | None = None
                 ) -> tuple[ConfigOrigin, list[tuple[float, ConfigEntity, TuningRecord]]] | None:
-    """(source, valid records as (cost, entity, record)) of the first source that has any."""
+    """(source, valid records as (cost, entity, record)) of the first source that has any;
+    with ``scratch_limit`` only records whose kernel scratch is at most that many bytes."""
     space = config_space(workload, board)
     for source, records in sources:
         found, unusable = [], 0
@@ -87,6 +89,8 @@ def _candidates(workload: Workload, board: str,
             if not space.is_valid(entity):
                 unusable += 1
                 continue
+            if scratch_limit is not None and space.scratch_bytes(entity) > scratch_limit:
+                continue  # faster, but the model would not fit its memory budget with it
             found.append((record.mean_cost, entity, record))
         if unusable:
             warnings.warn(f"{source}: {unusable} record(s) of {workload.describe()} do not fit "
@@ -99,16 +103,19 @@ def _candidates(workload: Workload, board: str,
 
 def kernel_configs(workloads: dict[str, Workload], board: str,
                    tuning_log: str | Path | None = None,
-                   weights: dict[str, MhsaWeights] | None = None) -> dict[str, AppliedConfig]:
+                   weights: dict[str, MhsaWeights] | None = None,
+                   scratch_limit: int | None = None) -> dict[str, AppliedConfig]:
     """The applied config of every MHSA (symbol -> workload) of one model on ``board``.
 
     ``weights`` (symbol -> float32 weights) make the default of an untuned MHSA weigh its
-    pruned matrices (``KernelConfig.default_for``)."""
+    pruned matrices (``KernelConfig.default_for``). ``scratch_limit``: only records whose
+    scratch is at most that many bytes apply (``build`` sets it when the best records would
+    not let the model fit its memory; the default config is taken as it is)."""
     get_board(board)  # unknown boards fail here
     tunable = {w for w in workloads.values() if w.dtype in TASK_NAMES}
     sources = _sources(board, tuning_log) if tunable else []
     found = {w: c for w in sorted(tunable, key=lambda w: w.key())
-             if (c := _candidates(w, board, sources)) is not None}
+             if (c := _candidates(w, board, sources, scratch_limit)) is not None}
     # Best (cost, entity, record) per (workload, variant).
     best: dict[Workload, dict[KernelVariant, tuple[float, ConfigEntity, TuningRecord]]] = {}
     for workload, (_, items) in found.items():
