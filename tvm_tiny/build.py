@@ -21,7 +21,7 @@ from tvm_tiny.firmware.model import profiled_sources
 from tvm_tiny.frontend.importer import ModelLike, to_relax
 from tvm_tiny.ir.cformat import c_identifier
 from tvm_tiny.ir.enums import StepKind
-from tvm_tiny.ir.kernel_config import DEFAULT_ORIGIN, KernelChoice, KernelVariant
+from tvm_tiny.ir.kernel_config import KernelChoice, KernelVariant
 from tvm_tiny.ir.provenance import UNKNOWN, Provenance, build_call, initializer_names, model_sha256
 from tvm_tiny.ir.version import __version__
 from tvm_tiny.lower.aot import AotResult, ExternKernel, emit_aot
@@ -111,7 +111,7 @@ def _compile(mod: tvm.IRModule, name: str, profile: Board, offload_mhsa: bool,
 
 
 MAX_BUDGET_RETRIES = 4
-"""How many times ``build`` gives up a faster tuned MHSA config for one with less scratch."""
+"""How many times ``build`` gives up a faster MHSA config for one with less scratch."""
 
 
 def _needs(compiled: CompiledGraph, profile: Board) -> list[Any]:
@@ -130,31 +130,34 @@ def _bytes_over(compiled: CompiledGraph, profile: Board, arena_bytes: int | None
     return max(over, 0)
 
 
-def _tuned_scratch(compiled: CompiledGraph) -> int | None:
-    """The largest scratch of an MHSA whose config came from a tuning log, or None."""
-    tuned = [int(e["scratch_bytes"]) for e in (compiled.offload.mhsa if compiled.offload else [])
-             if e["kernel"]["source"] != str(DEFAULT_ORIGIN)]
-    return max(tuned) if tuned else None
+def _mhsa_scratch(compiled: CompiledGraph) -> int | None:
+    """The largest scratch of an offloaded MHSA, or None."""
+    sizes = [int(e["scratch_bytes"]) for e in (compiled.offload.mhsa if compiled.offload else [])]
+    return max(sizes) if sizes else None
 
 
 def _compile_within_budget(mod: tvm.IRModule, name: str, profile: Board, offload_mhsa: bool,
                            arena_bytes: int | None, tuning_log: str | None, sparse: bool,
                            provenance: Provenance, integer: bool, int8_io: bool
                            ) -> tuple[CompiledGraph, int | None]:
-    """``_compile``, and when the best tuning records make the arena too large for
-    ``arena_bytes`` or the board, again with records of less MHSA scratch (AutoTVM's
-    apply-best, within the memory budget): (compiled, the scratch limit applied or None).
-    Untuned MHSAs keep their default; what still does not fit is refused by the caller."""
+    """``_compile``, and when the arena is too large for ``arena_bytes`` or the board, again
+    with MHSA configs of less scratch: the best tuning records within it (AutoTVM's
+    apply-best, within the memory budget), and the default with fewer query rows per block for
+    an untuned MHSA: (compiled, the scratch limit applied or None). What still does not fit is
+    refused by the caller."""
     compiled = _compile(mod, name, profile, offload_mhsa, None, tuning_log, sparse, provenance,
                         integer, int8_io)
     limit = None
     for _ in range(MAX_BUDGET_RETRIES):
-        over, tuned = _bytes_over(compiled, profile, arena_bytes), _tuned_scratch(compiled)
-        if over == 0 or tuned is None:
+        over, largest = _bytes_over(compiled, profile, arena_bytes), _mhsa_scratch(compiled)
+        if over == 0 or largest is None:
             break
-        limit = tuned - over
-        compiled = _compile(mod, name, profile, offload_mhsa, None, tuning_log, sparse,
-                            provenance, integer, int8_io, scratch_limit=limit)
+        limit = largest - over
+        smaller = _compile(mod, name, profile, offload_mhsa, None, tuning_log, sparse,
+                           provenance, integer, int8_io, scratch_limit=limit)
+        if _mhsa_scratch(smaller) == largest:
+            break  # nothing with less scratch to apply
+        compiled = smaller
     if arena_bytes is not None:  # the arena at exactly the size asked for (or its refusal)
         compiled = _compile(mod, name, profile, offload_mhsa, arena_bytes, tuning_log, sparse,
                             provenance, integer, int8_io, scratch_limit=limit)
@@ -201,8 +204,9 @@ def build(model: ModelLike, target: str = "host", offload: bool = True,
         A tuning log (``tvm_tiny.tune``): each MHSA gets the best valid record for its
         (board, workload), else the shipped ``tuning_logs/<board>.jsonl`` applies, else the
         board default; ``metadata["offloaded"][i]["kernel"]["source"]`` says which. When the
-        best records leave the arena too large for ``arena_bytes`` or the board, the best
-        records with less scratch apply instead (``metadata["tuning_scratch_limit"]``).
+        arena would be too large for ``arena_bytes`` or the board, the best records with less
+        scratch apply instead, and untuned MHSAs take fewer query rows per block
+        (``metadata["tuning_scratch_limit"]``).
     arena_bytes
         Fix the arena size. A size below what the plan needs is refused with the bytes missing.
     name

@@ -109,8 +109,9 @@ def kernel_configs(workloads: dict[str, Workload], board: str,
 
     ``weights`` (symbol -> float32 weights) make the default of an untuned MHSA weigh its
     pruned matrices (``KernelConfig.default_for``). ``scratch_limit``: only records whose
-    scratch is at most that many bytes apply (``build`` sets it when the best records would
-    not let the model fit its memory; the default config is taken as it is)."""
+    scratch is at most that many bytes apply, and an untuned MHSA takes its default with fewer
+    query rows per block if that is what fits (``build`` sets it when the model would not fit
+    its memory otherwise)."""
     get_board(board)  # unknown boards fail here
     tunable = {w for w in workloads.values() if w.dtype in TASK_NAMES}
     sources = _sources(board, tuning_log) if tunable else []
@@ -148,5 +149,21 @@ def kernel_configs(workloads: dict[str, Workload], board: str,
         else:
             default = KernelConfig.default_for(workload.shape, (weights or {}).get(symbol),
                                                workload.dtype)
+            if scratch_limit is not None and workload.dtype in TASK_NAMES:
+                default = _default_within(default, workload, board, scratch_limit)
             applied[symbol] = AppliedConfig(default, chosen, DEFAULT_ORIGIN)
     return applied
+
+
+def _default_within(default: KernelConfig, workload: Workload, board: str,
+                    scratch_limit: int) -> KernelConfig:
+    """The default config with the largest block of query rows, at most the default's, whose
+    scratch is within ``scratch_limit`` (larger blocks re-read the weights less); the default
+    itself when it fits or when no smaller block does."""
+    space = config_space(workload, board)
+    for rows in range(default.rows_per_block, 0, -1):
+        config = KernelConfig(rows, default.fuse_qk, default.sparse)
+        entity = space.from_kernel_config(config)
+        if entity is not None and space.scratch_bytes(entity) <= scratch_limit:
+            return config
+    return default
