@@ -24,13 +24,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import onnx
+from kernel_linear_s8 import git_commit  # this folder: run as a script, like that one
 from onnx import TensorProto, helper, numpy_helper
 
 import tvm_tiny
@@ -128,12 +128,6 @@ def model_counts(g: ConvGeometry, name: str, rng: np.random.Generator) -> tuple[
     per_kernel = ours_lib.run_on_board(x).per_kernel
     ours = sum(v for k, v in per_kernel.items() if "conv_s8" in k)
     return tvm, ours
-
-
-def git_commit() -> str:
-    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True, check=False, cwd=Path(__file__).resolve().parent)
-    return proc.stdout.strip() or "unknown"
 
 
 def main() -> int:

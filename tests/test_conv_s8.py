@@ -16,7 +16,6 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,27 @@ import onnxruntime as ort
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kernel_ctypes import (
+    CORTEX_M4_FLAGS,
+    CROSS_COMPILERS,
+    I8P,
+    KERNELS,
+    REPO,
+    TT_ARG_ERROR,
+    TT_OK,
+    TT_SCRATCH_ERROR,
+    Call,
+    KernelFront,
+    LinearS8Params,
+    aligned,
+    assert_bit_exact,
+    board_with_tools,
+    compile_c,
+    compile_paths,
+    fill_linear_s8_params,
+    ort_reference,
+    output_step,
+)
 from onnx import TensorProto, helper, numpy_helper
 
 import tvm_tiny
@@ -34,7 +54,7 @@ from tvm_tiny.codegen.conv_s8 import (
     conv_s8_harness,
     scratch_bytes_conv_s8,
 )
-from tvm_tiny.codegen.linear_s8 import SCALAR_FIELDS, scalar_fields_linear_s8
+from tvm_tiny.codegen.linear_s8 import scalar_fields_linear_s8
 from tvm_tiny.firmware.kernel_firmware import build_kernel_firmware, run_kernel_firmware
 from tvm_tiny.ir.quant import QParams, QWeight
 from tvm_tiny.partition import partitioner
@@ -50,15 +70,8 @@ from tvm_tiny.reference.conv_s8 import (
 )
 from tvm_tiny.reference.integer_norm import conv2d_s8
 from tvm_tiny.reference.linear_s8 import LinearS8Quant
-from tvm_tiny.targets.boards import get_board
 
-REPO = Path(__file__).resolve().parents[1]
-KERNELS = REPO / "kernels"
-INCLUDES = [KERNELS / "include", REPO / "runtime_c" / "include"]
-STRICT_C_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror"]
 SOURCES = [KERNELS / "conv" / "tt_conv_s8.c", KERNELS / "linear" / "tt_linear_s8.c"]
-
-TT_OK, TT_ARG_ERROR, TT_SCRATCH_ERROR = 0, -1, -2
 
 PATHS = {"portable": ["-DTT_LINEAR_S8_PORTABLE"],
          "smlad": ["-DTT_LINEAR_S8_SMLAD", "-DTT_CONV_S8_DW_SMLAD"],
@@ -67,8 +80,6 @@ PATHS = {"portable": ["-DTT_LINEAR_S8_PORTABLE"],
 the SMLAD rows of the 3x3 depthwise kernel (the Cortex-M DSP default, here through tt_simd.h's
 portable helpers)."""
 
-I8P = ctypes.POINTER(ctypes.c_int8)
-I32P = ctypes.POINTER(ctypes.c_int32)
 DIM_FIELDS = ("batch", "in_channels", "in_height", "in_width", "out_channels", "kernel_h",
               "kernel_w", "stride_h", "stride_w", "pad_top", "pad_left", "pad_bottom",
               "pad_right", "dilation_h", "dilation_w", "groups")
@@ -82,29 +93,8 @@ class Config(ctypes.Structure):
     _fields_ = [("pixels_per_block", ctypes.c_int32)]
 
 
-class Gemm(ctypes.Structure):
-    _fields_ = ([("weights", I8P), ("kernel_bias", I32P), ("mult", I32P), ("shift", I32P)]
-                + [(name, ctypes.c_int32) for name in SCALAR_FIELDS] + [("bias2", I32P)])
-
-
 class Params(ctypes.Structure):
-    _fields_ = [("gemm", Gemm), ("x_zero_point", ctypes.c_int32)]
-
-
-def _compile(compiler: str, flags: list[str], sources: list[Path], output: Path) -> None:
-    argv = [compiler, *STRICT_C_FLAGS, *flags, *(f"-I{d}" for d in INCLUDES),
-            *map(str, sources), "-o", str(output)]
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
-    assert proc.returncode == 0, f"{' '.join(argv)} failed:\n{proc.stderr}"
-
-
-def _aligned(nbytes: int, rng: np.random.Generator) -> np.ndarray:
-    """int8 buffer of nbytes at an 8-byte aligned address, garbage-filled."""
-    raw = np.empty(nbytes + 8, np.uint8)
-    start = (-raw.ctypes.data) % 8
-    buf = raw[start:start + nbytes].view(np.int8)
-    buf[...] = rng.integers(-128, 128, nbytes, dtype=np.int8)
-    return buf
+    _fields_ = [("gemm", LinearS8Params), ("x_zero_point", ctypes.c_int32)]
 
 
 def dims_of(g: ConvGeometry) -> Dims:
@@ -113,77 +103,37 @@ def dims_of(g: ConvGeometry) -> Dims:
                 *g.strides, pt, pl, pb, pr, 1, 1, g.groups)
 
 
-@dataclass
-class Call:
-    """One call with all its arguments, mutable for the rejection cases."""
-
-    dims: Dims
-    config: Config
-    params: Params
-    x: np.ndarray
-    y: np.ndarray
-    scratch: np.ndarray
-    scratch_bytes: int
-    keep: list[np.ndarray]
-
-
-class Kernel:
+class Kernel(KernelFront):
     """ctypes front of one compiled path."""
 
     def __init__(self, lib: ctypes.CDLL) -> None:
-        self._size = lib.tt_conv_s8_get_buffer_size
-        self._size.argtypes = [ctypes.POINTER(Dims), ctypes.POINTER(Config)]
-        self._size.restype = ctypes.c_int32
-        self._run = lib.tt_conv_s8
-        self._run.argtypes = [ctypes.POINTER(Dims), ctypes.POINTER(Config),
-                              ctypes.POINTER(Params), I8P, I8P, I8P, ctypes.c_int32]
-        self._run.restype = ctypes.c_int
-
-    def buffer_size(self, dims: Dims, config: Config) -> int:
-        return self._size(ctypes.byref(dims), ctypes.byref(config))
+        super().__init__(lib, "tt_conv_s8", Dims, Config, Params)
 
     def prepare(self, low: LoweredConvS8, x: np.ndarray, pixels_per_block: int,
                 seed: int = 0) -> Call:
         rng = np.random.default_rng(seed)
         arrays = arrange_conv_s8(low)
         params = Params()
-        for name, array in arrays.items():
-            setattr(params.gemm, name,
-                    array.ctypes.data_as(I32P if array.dtype == np.int32 else I8P))
-        for name, value in scalar_fields_linear_s8(low.linear).items():
-            setattr(params.gemm, name, value)
+        fill_linear_s8_params(params.gemm, arrays, scalar_fields_linear_s8(low.linear))
         params.x_zero_point = low.linear.zp_x
         g = low.geometry
         nbytes = scratch_bytes_conv_s8(g, pixels_per_block)
-        x_buf = _aligned(x.size, rng).reshape(x.shape)
+        x_buf = aligned(x.size, rng).reshape(x.shape)
         x_buf[...] = x
-        y_buf = _aligned(int(np.prod(g.output_shape)), rng).reshape(g.output_shape)
+        y_buf = aligned(int(np.prod(g.output_shape)), rng).reshape(g.output_shape)
         return Call(dims_of(g), Config(pixels_per_block), params, x_buf, y_buf,
-                    _aligned(nbytes + 64, rng), nbytes, list(arrays.values()))
-
-    def call(self, c: Call) -> int:
-        return self._run(ctypes.byref(c.dims), ctypes.byref(c.config), ctypes.byref(c.params),
-                         c.x.ctypes.data_as(I8P), c.y.ctypes.data_as(I8P),
-                         c.scratch.ctypes.data_as(I8P), c.scratch_bytes)
+                    aligned(nbytes + 64, rng), nbytes, list(arrays.values()))
 
     def run(self, low: LoweredConvS8, x: np.ndarray, pixels_per_block: int) -> np.ndarray:
-        c = self.prepare(low, x, pixels_per_block)
-        status = self.call(c)
-        assert status == TT_OK, f"tt_conv_s8 returned {status}"
-        return c.y.copy()
+        return self.run_call(self.prepare(low, x, pixels_per_block))
 
 
 @pytest.fixture(scope="session")
 def kernels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Kernel]:
     if shutil.which("gcc") is None:
         pytest.skip("gcc not found (Debian package gcc)")
-    out = tmp_path_factory.mktemp("conv_s8")
-    libs = {}
-    for name, flags in PATHS.items():
-        lib = out / f"libtt_conv_s8_{name}.so"
-        _compile("gcc", ["-O2", "-shared", "-fPIC", "-Wl,-Bsymbolic", *flags], SOURCES, lib)
-        libs[name] = Kernel(ctypes.CDLL(str(lib)))
-    return libs
+    libs = compile_paths(tmp_path_factory.mktemp("conv_s8"), "tt_conv_s8", PATHS, SOURCES)
+    return {name: Kernel(lib) for name, lib in libs.items()}
 
 
 # ---------------------------------------------------------------- cases
@@ -234,13 +184,6 @@ def convs(draw: st.DrawFn, depthwise: bool | None = None
                   y_zp=draw(st.integers(-128, 127)))
     x = rng.integers(-128, 128, g.input_shape, dtype=np.int8)
     return lower_conv_s8(q), x, draw(st.integers(1, 7))
-
-
-def assert_bit_exact(got: np.ndarray, want: np.ndarray, what: str) -> None:
-    if not np.array_equal(got, want):
-        bad = tuple(int(i) for i in np.argwhere(got != want)[0])
-        pytest.fail(f"{what}: {int((got != want).sum())} of {got.size} differ; first at {bad}: "
-                    f"got {got[bad]}, expected {want[bad]}")
 
 
 # ---------------------------------------------------------------- the golden model
@@ -385,24 +328,13 @@ def test_other_errors(kernels: dict[str, Kernel]) -> None:
 
 
 # ---------------------------------------------------------------- cross compilers
-CROSS = [
-    pytest.param("arm-none-eabi-gcc", ["-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard",
-                                       "-mfpu=fpv4-sp-d16"], id="cortex-m4"),
-    pytest.param("arm-none-eabi-gcc", ["-mcpu=cortex-m7", "-mthumb", "-mfloat-abi=hard",
-                                       "-mfpu=fpv5-d16"], id="cortex-m7"),
-    pytest.param("riscv64-unknown-elf-gcc", ["--specs=picolibc.specs", "-march=rv32imc",
-                                             "-mabi=ilp32"], id="rv32imc"),
-    pytest.param("gcc", [], id="host"),
-]
-
-
-@pytest.mark.parametrize(("compiler", "flags"), CROSS)
+@pytest.mark.parametrize(("compiler", "flags"), CROSS_COMPILERS)
 def test_compiles_warning_free_at_every_level(tmp_path: Path, compiler: str,
                                               flags: list[str]) -> None:
     if shutil.which(compiler) is None:
         pytest.skip(f"{compiler} not found")
     for level in ("-O0", "-O1", "-O2", "-O3", "-Os"):
-        _compile(compiler, [*flags, level, "-c"], SOURCES[:1], tmp_path / "out.o")
+        compile_c(compiler, [*flags, level, "-c"], SOURCES[:1], tmp_path / "out.o")
 
 
 def test_kernel_sources_are_clang_format_clean() -> None:
@@ -421,8 +353,7 @@ def test_arm_build_uses_the_dsp_instructions(tmp_path: Path) -> None:
     if shutil.which("arm-none-eabi-gcc") is None:
         pytest.skip("arm-none-eabi-gcc not found")
     asm = tmp_path / "conv.s"
-    _compile("arm-none-eabi-gcc", ["-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard",
-                                   "-mfpu=fpv4-sp-d16", "-O2", "-S"], SOURCES[:1], asm)
+    compile_c("arm-none-eabi-gcc", [*CORTEX_M4_FLAGS, "-O2", "-S"], SOURCES[:1], asm)
     text = asm.read_text()
     for mnemonic in ("smlad", "sxtb16", "smmul", "ssat"):
         assert re.search(rf"\b{mnemonic}\b", text), mnemonic
@@ -449,11 +380,7 @@ def _board_cases() -> list[ConvS8Case]:
 @pytest.mark.parametrize("board_name", ["stm32l4", "gap9"])
 def test_board_build_equals_the_numpy_model(board_name: str) -> None:
     """The Arm DSP path on QEMU mps2-an386 (Cortex-M4) and the dot-product path on rv32imc."""
-    board = get_board(board_name)
-    assert board.toolchain is not None and board.emulator is not None
-    for tool in (board.toolchain.cc, board.emulator.binary):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} not installed (run `make setup`)")
+    board = board_with_tools(board_name)
     cases = _board_cases()
     elf = build_kernel_firmware(board, "test_conv_s8", {"main.c": conv_s8_harness(cases)},
                                 ["conv/tt_conv_s8.c", "linear/tt_linear_s8.c"])
@@ -489,19 +416,6 @@ def _float_convs(dilation: int = 1, depthwise: bool = False) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def _ort_reference(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), options)
-    return session.run(None, {"x": x})[0]
-
-
-def _output_step(model: onnx.ModelProto) -> float:
-    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    (dq,) = [n for n in model.graph.node if n.output[0] == model.graph.output[0].name]
-    return float(inits[dq.input[1]])
-
-
 def _quantized(model: onnx.ModelProto, per_channel: bool) -> onnx.ModelProto:
     rng = np.random.default_rng(5)
     calibration = [rng.standard_normal((1, 4, 10, 10)).astype(np.float32) for _ in range(8)]
@@ -528,7 +442,7 @@ def test_qdq_convs_are_offloaded_and_close_to_onnxruntime(per_channel: bool,
         assert e["params_bytes"] == 4 * o + (8 * o if per_channel else 8)
     x = np.random.default_rng(3).standard_normal((1, 4, 10, 10)).astype(np.float32)
     (y,) = lib.run(x)
-    steps = np.abs(y - _ort_reference(model, x)) / _output_step(model)
+    steps = np.abs(y - ort_reference(model, x)) / output_step(model)
     assert steps.max() <= 2.0 + 1e-3, f"max {steps.max():.2f} steps from onnxruntime"
     (fake,) = tvm_tiny.build(model, name="q_convs_fq", integer=False).run(x)
     assert len(tvm_tiny.build(model, name="q_convs_fq2", integer=False)
@@ -545,7 +459,7 @@ def test_dilated_conv_stays_with_the_integer_rule() -> None:
     assert not any("conv" in why for why in lib.metadata["not_integerized"])
     x = np.random.default_rng(3).standard_normal((1, 4, 10, 10)).astype(np.float32)
     (y,) = lib.run(x)
-    steps = np.abs(y - _ort_reference(model, x)) / _output_step(model)
+    steps = np.abs(y - ort_reference(model, x)) / output_step(model)
     assert steps.max() <= 2.0 + 1e-3, f"max {steps.max():.2f} steps from onnxruntime"
 
 
@@ -605,7 +519,7 @@ def test_int8_networks_equal_the_integer_build_and_stay_close_to_onnxruntime(nam
     with _conv_pattern_withheld():
         integer = tvm_tiny.build(model, name=f"{name}_int")
     assert integer.metadata["conv_s8"] == []
-    step = _output_step(model)
+    step = output_step(model)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(model.SerializeToString(), options)
@@ -651,5 +565,5 @@ def test_two_step_export_is_offloaded_and_matches_onnxruntime() -> None:
     assert entry["two_step"] and entry["per_channel"] is False
     x = np.random.default_rng(1).standard_normal((1, 3, 7, 7)).astype(np.float32)
     (y,) = lib.run(x)
-    steps = np.abs(y - _ort_reference(model, x)) / 0.1  # observed: 0 (every output equal)
+    steps = np.abs(y - ort_reference(model, x)) / 0.1  # observed: 0 (every output equal)
     assert steps.max() <= 1.0 + 1e-3, f"max {steps.max():.2f} steps from onnxruntime"

@@ -13,22 +13,38 @@ from __future__ import annotations
 import ctypes
 import re
 import shutil
-import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kernel_ctypes import (
+    CORTEX_M4_FLAGS,
+    CROSS_COMPILERS,
+    I8P,
+    KERNELS,
+    TT_ARG_ERROR,
+    TT_OK,
+    TT_SCRATCH_ERROR,
+    Call,
+    KernelFront,
+    LinearS8Params,
+    aligned,
+    assert_bit_exact,
+    board_with_tools,
+    compile_c,
+    compile_paths,
+    fill_linear_s8_params,
+    ort_reference,
+    output_step,
+)
 from onnx import TensorProto, helper, numpy_helper
 
 import tvm_tiny
 from tvm_tiny.codegen.linear_s8 import (
-    SCALAR_FIELDS,
     LinearS8Case,
     arrange_linear_s8,
     arrange_weights,
@@ -47,20 +63,11 @@ from tvm_tiny.reference.linear_s8 import (
 )
 from tvm_tiny.targets.boards import get_board
 
-REPO = Path(__file__).resolve().parents[1]
-KERNELS = REPO / "kernels"
-INCLUDES = [KERNELS / "include", REPO / "runtime_c" / "include"]
-STRICT_C_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror"]
 SOURCE = KERNELS / "linear" / "tt_linear_s8.c"
-
-TT_OK, TT_ARG_ERROR, TT_SCRATCH_ERROR = 0, -1, -2
 
 PATHS = {"portable": "-DTT_LINEAR_S8_PORTABLE", "smlad": "-DTT_LINEAR_S8_SMLAD",
          "sdot4": "-DTT_LINEAR_S8_SDOT4"}
 """Every C path of the kernel, selected at compile time (tt_linear_s8.c)."""
-
-I8P = ctypes.POINTER(ctypes.c_int8)
-I32P = ctypes.POINTER(ctypes.c_int32)
 
 
 class Dims(ctypes.Structure):
@@ -71,97 +78,41 @@ class Config(ctypes.Structure):
     _fields_ = [("rows_per_block", ctypes.c_int32)]
 
 
-class Params(ctypes.Structure):
-    _fields_ = ([("weights", I8P), ("kernel_bias", I32P), ("mult", I32P), ("shift", I32P)]
-                + [(name, ctypes.c_int32) for name in SCALAR_FIELDS] + [("bias2", I32P)])
+Params = LinearS8Params
 
 
-def _compile(compiler: str, flags: list[str], sources: list[Path], output: Path) -> None:
-    argv = [compiler, *STRICT_C_FLAGS, *flags, *(f"-I{d}" for d in INCLUDES),
-            *map(str, sources), "-o", str(output)]
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
-    assert proc.returncode == 0, f"{' '.join(argv)} failed:\n{proc.stderr}"
-
-
-def _aligned(nbytes: int, rng: np.random.Generator) -> np.ndarray:
-    """int8 buffer of nbytes at an 8-byte aligned address, garbage-filled."""
-    raw = np.empty(nbytes + 8, np.uint8)
-    start = (-raw.ctypes.data) % 8
-    buf = raw[start:start + nbytes].view(np.int8)
-    buf[...] = rng.integers(-128, 128, nbytes, dtype=np.int8)
-    return buf
-
-
-@dataclass
-class Call:
-    """One call with all its arguments, mutable for the rejection cases."""
-
-    dims: Dims
-    config: Config
-    params: Params
-    x: np.ndarray
-    y: np.ndarray
-    scratch: np.ndarray
-    scratch_bytes: int
-    keep: list[np.ndarray]
-
-
-class Kernel:
+class Kernel(KernelFront):
     """ctypes front of one compiled path."""
 
     def __init__(self, lib: ctypes.CDLL) -> None:
-        self._size = lib.tt_linear_s8_get_buffer_size
-        self._size.argtypes = [ctypes.POINTER(Dims), ctypes.POINTER(Config)]
-        self._size.restype = ctypes.c_int32
-        self._run = lib.tt_linear_s8
-        self._run.argtypes = [ctypes.POINTER(Dims), ctypes.POINTER(Config),
-                              ctypes.POINTER(Params), I8P, I8P, I8P, ctypes.c_int32]
-        self._run.restype = ctypes.c_int
-
-    def buffer_size(self, dims: Dims | None, config: Config | None) -> int:
-        return self._size(dims and ctypes.byref(dims), config and ctypes.byref(config))
+        super().__init__(lib, "tt_linear_s8", Dims, Config, Params)
 
     def prepare(self, low: LoweredLinearS8, x: np.ndarray, rows_per_block: int,
                 seed: int = 0) -> Call:
         rng = np.random.default_rng(seed)
         arrays = arrange_linear_s8(low)
         params = Params()
-        for name, array in arrays.items():
-            setattr(params, name, array.ctypes.data_as(I32P if array.dtype == np.int32 else I8P))
-        for name, value in scalar_fields_linear_s8(low).items():
-            setattr(params, name, value)
+        fill_linear_s8_params(params, arrays, scalar_fields_linear_s8(low))
         rows, k = x.shape
         n = low.weight.shape[1]
         nbytes = scratch_bytes_linear_s8(rows, k, rows_per_block)
-        x_buf = _aligned(rows * k, rng).reshape(rows, k)
+        x_buf = aligned(rows * k, rng).reshape(rows, k)
         x_buf[...] = x
         return Call(Dims(rows, k, n), Config(rows_per_block), params, x_buf,
-                    _aligned(rows * n, rng).reshape(rows, n), _aligned(nbytes + 64, rng),
+                    aligned(rows * n, rng).reshape(rows, n), aligned(nbytes + 64, rng),
                     nbytes, list(arrays.values()))
 
-    def call(self, c: Call) -> int:
-        return self._run(ctypes.byref(c.dims), ctypes.byref(c.config), ctypes.byref(c.params),
-                         c.x.ctypes.data_as(I8P), c.y.ctypes.data_as(I8P),
-                         c.scratch.ctypes.data_as(I8P), c.scratch_bytes)
-
     def run(self, low: LoweredLinearS8, x: np.ndarray, rows_per_block: int) -> np.ndarray:
-        c = self.prepare(low, x, rows_per_block)
-        status = self.call(c)
-        assert status == TT_OK, f"tt_linear_s8 returned {status}"
-        return c.y.copy()
+        return self.run_call(self.prepare(low, x, rows_per_block))
 
 
 @pytest.fixture(scope="session")
 def kernels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Kernel]:
     if shutil.which("gcc") is None:
         pytest.skip("gcc not found (Debian package gcc)")
-    out = tmp_path_factory.mktemp("linear_s8")
-    libs = {}
-    for name, flag in PATHS.items():
-        lib = out / f"libtt_linear_s8_{name}.so"
-        _compile("gcc", ["-O2", "-shared", "-fPIC", "-Wl,-Bsymbolic", flag], [SOURCE], lib)
-        libs[name] = Kernel(ctypes.CDLL(str(lib)))
-    return libs
+    libs = compile_paths(tmp_path_factory.mktemp("linear_s8"), "tt_linear_s8",
+                         {name: [flag] for name, flag in PATHS.items()}, [SOURCE])
+    return {name: Kernel(lib) for name, lib in libs.items()}
 
 
 # ---------------------------------------------------------------- cases
@@ -197,13 +148,6 @@ def layers(draw: st.DrawFn) -> tuple[LoweredLinearS8, np.ndarray, int]:
                    y_zp=draw(st.integers(-128, 127)))
     x = rng.integers(-128, 128, (rows, k), dtype=np.int8)
     return lower_linear_s8(q), x, draw(st.integers(1, 6))
-
-
-def assert_bit_exact(got: np.ndarray, want: np.ndarray, what: str) -> None:
-    if not np.array_equal(got, want):
-        bad = tuple(int(i) for i in np.argwhere(got != want)[0])
-        pytest.fail(f"{what}: {int((got != want).sum())} of {got.size} differ; first at {bad}: "
-                    f"got {got[bad]}, expected {want[bad]}")
 
 
 # ---------------------------------------------------------------- bit-exactness
@@ -388,18 +332,7 @@ def test_lowering_rejects_what_the_kernel_cannot_take() -> None:
 
 
 # ---------------------------------------------------------------- cross compilers
-CROSS = [
-    pytest.param("arm-none-eabi-gcc", ["-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard",
-                                       "-mfpu=fpv4-sp-d16"], id="cortex-m4"),
-    pytest.param("arm-none-eabi-gcc", ["-mcpu=cortex-m7", "-mthumb", "-mfloat-abi=hard",
-                                       "-mfpu=fpv5-d16"], id="cortex-m7"),
-    pytest.param("riscv64-unknown-elf-gcc", ["--specs=picolibc.specs", "-march=rv32imc",
-                                             "-mabi=ilp32"], id="rv32imc"),
-    pytest.param("gcc", [], id="host"),
-]
-
-
-@pytest.mark.parametrize(("compiler", "flags"), CROSS)
+@pytest.mark.parametrize(("compiler", "flags"), CROSS_COMPILERS)
 def test_compiles_warning_free_at_every_level(tmp_path: Path, compiler: str,
                                               flags: list[str]) -> None:
     if shutil.which(compiler) is None:
@@ -407,7 +340,7 @@ def test_compiles_warning_free_at_every_level(tmp_path: Path, compiler: str,
     paths = [""] + ([] if compiler != "gcc" else list(PATHS.values()))
     for level in ("-O0", "-O1", "-O2", "-O3", "-Os"):
         for path in paths:
-            _compile(compiler, [*flags, level, *([path] if path else []), "-c"], [SOURCE],
+            compile_c(compiler, [*flags, level, *([path] if path else []), "-c"], [SOURCE],
                      tmp_path / "out.o")
 
 
@@ -415,8 +348,7 @@ def test_arm_build_uses_the_dsp_instructions(tmp_path: Path) -> None:
     if shutil.which("arm-none-eabi-gcc") is None:
         pytest.skip("arm-none-eabi-gcc not found")
     asm = tmp_path / "linear.s"
-    _compile("arm-none-eabi-gcc", ["-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard",
-                                   "-mfpu=fpv4-sp-d16", "-O2", "-S"], [SOURCE], asm)
+    compile_c("arm-none-eabi-gcc", [*CORTEX_M4_FLAGS, "-O2", "-S"], [SOURCE], asm)
     text = asm.read_text()
     for mnemonic in ("smlad", "ldrd", "sxtb16", "smmul", "ssat"):
         assert re.search(rf"\b{mnemonic}\b", text), mnemonic
@@ -440,11 +372,7 @@ def _board_cases() -> list[LinearS8Case]:
 @pytest.mark.parametrize("board_name", ["stm32l4", "gap9"])
 def test_board_build_equals_the_numpy_model(board_name: str) -> None:
     """The Arm DSP path on QEMU mps2-an386 (Cortex-M4) and the dot-product path on rv32imc."""
-    board = get_board(board_name)
-    assert board.toolchain is not None and board.emulator is not None
-    for tool in (board.toolchain.cc, board.emulator.binary):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} not installed (run `make setup`)")
+    board = board_with_tools(board_name)
     cases = _board_cases()
     elf = build_kernel_firmware(board, "test_linear_s8", {"main.c": linear_s8_harness(cases)},
                                 ["linear/tt_linear_s8.c"])
@@ -481,20 +409,6 @@ def _float_ffn(k: int = 32, hidden: int = 48, n: int = 16, seq: int = 8,
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def _ort_reference(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), options)
-    return session.run(None, {"x": x})[0]
-
-
-def _output_step(model: onnx.ModelProto) -> float:
-    """The scale of the QuantizeLinear feeding the graph output's DequantizeLinear."""
-    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    (dq,) = [n for n in model.graph.node if n.output[0] == model.graph.output[0].name]
-    return float(inits[dq.input[1]])
-
-
 @pytest.fixture(scope="module")
 def qdq_ffn() -> Callable[[bool], onnx.ModelProto]:
     cache: dict[bool, onnx.ModelProto] = {}
@@ -527,7 +441,7 @@ def test_qdq_linear_layers_are_offloaded_and_close_to_onnxruntime(
             4 * n if e["two_step"] else 0)
     x = np.random.default_rng(3).standard_normal((1, 8, 32)).astype(np.float32)
     (y,) = lib.run(x)
-    steps = np.abs(y - _ort_reference(model, x)) / _output_step(model)
+    steps = np.abs(y - ort_reference(model, x)) / output_step(model)
     assert steps.max() <= 2.0 + 1e-3, f"max {steps.max():.2f} steps from onnxruntime"
 
 

@@ -25,24 +25,14 @@
 
 #include "tt_conv_s8.h"
 #include "tt_linear_s8.h"
+#include "tt_linear_s8_common.h"
+#include "tt_requant_s8.h"
 #include "tt_simd.h"
 
 /* ------------------------------------------------------------------ shapes and checks */
 
 static int64_t ceil4_64(int64_t n) {
   return (n + 3) & ~(int64_t)3;
-}
-
-static int aligned4(const void *ptr) {
-  return ((uintptr_t)ptr & 3u) == 0;
-}
-
-static int in_int8(int32_t v) {
-  return v >= -128 && v <= 127;
-}
-
-static int shift_ok(int32_t s) {
-  return s >= -31 && s <= 30;
 }
 
 static int overlaps(const void *a, int64_t a_bytes, const void *b, int64_t b_bytes) {
@@ -157,27 +147,7 @@ int32_t tt_conv_s8_get_buffer_size(const tt_conv_s8_dims *dims, const tt_conv_s8
 
 /** The checks of tt_linear_s8's parameters (the depthwise kernel applies them itself). */
 static int params_valid(const tt_conv_s8_params *cp, int32_t n) {
-  const tt_linear_s8_params *p = &cp->gemm;
-  if (!in_int8(cp->x_zero_point) || p->weights == NULL || !aligned4(p->weights) ||
-      p->kernel_bias == NULL || p->mult == NULL || p->shift == NULL) {
-    return 0;
-  }
-  if ((p->per_channel != 0 && p->per_channel != 1) || (p->two_step != 0 && p->two_step != 1)) {
-    return 0;
-  }
-  if (!in_int8(p->y_zero_point) || !in_int8(p->act_min) || !in_int8(p->act_max) ||
-      p->act_min > p->act_max) {
-    return 0;
-  }
-  for (int32_t c = 0; c < (p->per_channel ? n : 1); ++c) {
-    if (!shift_ok(p->shift[c])) {
-      return 0;
-    }
-  }
-  if (p->two_step) {
-    return in_int8(p->acc_zero_point) && shift_ok(p->shift2);
-  }
-  return p->bias2 == NULL && p->acc_zero_point == 0 && p->mult2 == 0 && p->shift2 == 0;
+  return tt_s8_in_int8(cp->x_zero_point) && tt_linear_s8_params_valid(&cp->gemm, n);
 }
 
 /* ------------------------------------------------------------------ standard: im2col + GEMM */
@@ -285,29 +255,9 @@ static tt_status conv_standard(const tt_conv_s8_dims *d, const std_plan *s,
 
 /* ------------------------------------------------------------------ depthwise: direct */
 
-/** zp + requant(acc, mult, shift) (tt_linear_s8.h: 64-bit product, one rounding, ties up),
- *  prepared once per channel as tt_linear_s8 does: (smmul(acc, mult) + add) >> s when the total
- *  shift n = 31 - shift lies in 33 .. 54 (s = n - 32, add = 2^(s-1) + zp 2^s; exact, the low
- *  word cannot carry into the rounding), the 64-bit formula otherwise (s = 0). */
-typedef struct {
-  int32_t mult;
-  int32_t add;
-  int32_t s;
-  int32_t shift;
-  int32_t zp;
-} rq_t;
-
-static rq_t rq_prepare(int32_t mult, int32_t shift, int32_t zp) {
-  const int32_t s = 31 - shift - 32;
-  rq_t r = {mult, 0, 0, shift, zp};
-  if (s >= 1 && s <= 22) {
-    r.s = s;
-    r.add = ((int32_t)1 << (s - 1)) + zp * ((int32_t)1 << s);
-  }
-  return r;
-}
-
-static int32_t rq_apply(int32_t acc, const rq_t *r) {
+/** zp + requant(acc, mult, shift) (tt_linear_s8.h: 64-bit product, one rounding, ties up)
+ *  through the column r prepared by tt_rq_prepare, once per channel as tt_linear_s8 does. */
+static int32_t rq_apply(int32_t acc, const tt_rq_col *r) {
   if (r->s != 0) {
     return (tt_smmul(acc, r->mult) + r->add) >> r->s;
   }
@@ -317,8 +267,8 @@ static int32_t rq_apply(int32_t acc, const rq_t *r) {
 
 /** The output stage of one channel (tt_linear_s8's: one or two steps, then the clamp). */
 typedef struct {
-  rq_t c1;      /**< stage 1, zero point zp_y (or zp_acc in the two-step form) */
-  rq_t c2;      /**< two-step: stage 2, zero point zp_y */
+  tt_rq_col c1; /**< stage 1, zero point zp_y (or zp_acc in the two-step form) */
+  tt_rq_col c2; /**< two-step: stage 2, zero point zp_y */
   int32_t off2; /**< two-step: bias2[c] - zp_acc 2^B (B = TT_LINEAR_S8_ACC_BIAS_BITS) */
   int32_t two_step;
   int32_t lo;
@@ -328,8 +278,8 @@ typedef struct {
 static dw_channel dw_prepare(const tt_linear_s8_params *p, int32_t c) {
   const int32_t m = p->per_channel ? c : 0;
   dw_channel q;
-  q.c1 = rq_prepare(p->mult[m], p->shift[m], p->two_step ? p->acc_zero_point : p->y_zero_point);
-  q.c2 = rq_prepare(p->mult2, p->shift2, p->y_zero_point);
+  q.c1 = tt_rq_prepare(p->mult[m], p->shift[m], p->two_step ? p->acc_zero_point : p->y_zero_point);
+  q.c2 = tt_rq_prepare(p->mult2, p->shift2, p->y_zero_point);
   q.off2 = p->two_step ? (p->bias2 != NULL ? p->bias2[c] : 0) -
                              p->acc_zero_point * (1 << TT_LINEAR_S8_ACC_BIAS_BITS)
                        : 0;
@@ -534,7 +484,7 @@ tt_status tt_conv_s8(const tt_conv_s8_dims *dims, const tt_conv_s8_config *cfg,
   if (need < 0 || p == NULL || x == NULL || y == NULL || !params_valid(p, dims->out_channels)) {
     return TT_ARG_ERROR;
   }
-  if (need > 0 && (scratch == NULL || !aligned4(scratch))) {
+  if (need > 0 && (scratch == NULL || !tt_s8_aligned4(scratch))) {
     return TT_ARG_ERROR;
   }
   if (scratch_bytes < need) {

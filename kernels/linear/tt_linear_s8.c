@@ -27,6 +27,8 @@
 #include <string.h>
 
 #include "tt_linear_s8.h"
+#include "tt_linear_s8_common.h"
+#include "tt_requant_s8.h"
 #include "tt_simd.h"
 
 #if !defined(TT_LINEAR_S8_PORTABLE) && !defined(TT_LINEAR_S8_SMLAD) && \
@@ -75,47 +77,18 @@ static int64_t scratch_bytes(const tt_linear_dims *d, const tt_linear_s8_config 
   return bytes > INT32_MAX || xy > INT32_MAX || w > INT32_MAX ? -1 : bytes;
 }
 
-static int aligned4(const void *ptr) { return ((uintptr_t)ptr & 3u) == 0; }
-
-static int in_int8(int32_t v) { return v >= -128 && v <= 127; }
-
-static int shift_ok(int32_t s) { return s >= -31 && s <= 30; }
-
 static int overlaps(const void *a, int64_t a_bytes, const void *b, int64_t b_bytes) {
   const uintptr_t a0 = (uintptr_t)a;
   const uintptr_t b0 = (uintptr_t)b;
   return a0 < b0 + (uintptr_t)b_bytes && b0 < a0 + (uintptr_t)a_bytes;
 }
 
-static int params_valid(const tt_linear_s8_params *p, int32_t n) {
-  if (p == NULL || p->weights == NULL || !aligned4(p->weights) || p->kernel_bias == NULL ||
-      p->mult == NULL || p->shift == NULL) {
-    return 0;
-  }
-  if ((p->per_channel != 0 && p->per_channel != 1) || (p->two_step != 0 && p->two_step != 1)) {
-    return 0;
-  }
-  if (!in_int8(p->y_zero_point) || !in_int8(p->act_min) || !in_int8(p->act_max) ||
-      p->act_min > p->act_max) {
-    return 0;
-  }
-  for (int32_t c = 0; c < (p->per_channel ? n : 1); ++c) {
-    if (!shift_ok(p->shift[c])) {
-      return 0;
-    }
-  }
-  if (p->two_step) {
-    return in_int8(p->acc_zero_point) && shift_ok(p->shift2);
-  }
-  return p->bias2 == NULL && p->acc_zero_point == 0 && p->mult2 == 0 && p->shift2 == 0;
-}
-
 static tt_status check(const tt_linear_dims *dims, const tt_linear_s8_config *cfg,
                        const tt_linear_s8_params *p, const int8_t *x, const int8_t *y,
                        const int8_t *scratch, int32_t scratch_bytes_given) {
   const int64_t need = scratch_bytes(dims, cfg);
-  if (need < 0 || !params_valid(p, dims->out_features) || x == NULL || y == NULL ||
-      scratch == NULL || !aligned4(scratch)) {
+  if (need < 0 || !tt_linear_s8_params_valid(p, dims->out_features) || x == NULL || y == NULL ||
+      scratch == NULL || !tt_s8_aligned4(scratch)) {
     return TT_ARG_ERROR;
   }
   if (scratch_bytes_given < need) {
@@ -143,37 +116,17 @@ static TT_NOINLINE int32_t rq_slow(int32_t acc, int32_t mult, int32_t shift, int
   return zp + (int32_t)(((int64_t)acc * mult + ((int64_t)1 << (n - 1))) >> n);
 }
 
-/** One output column's requantization, prepared once per column and block:
- *  zp + requant(acc) = (smmul(acc, mult) + add) >> s when the total shift n = 31 - shift lies
- *  in 33 .. 54 (s = n - 32, add = 2^(s-1) + zp 2^s): the low word of the product cannot carry
- *  into the rounding since 2^(n-1) is a multiple of 2^32, and |smmul| < 2^30 keeps the sum in
- *  int32. s = 0 marks the other shifts, done by rq_slow. */
-typedef struct {
-  int32_t mult;
-  int32_t add;
-  int32_t s;
-  int32_t shift;
-  int32_t zp;
-} rq_col;
-
-static rq_col rq_prepare(int32_t mult, int32_t shift, int32_t zp) {
-  const int32_t s = 31 - shift - 32;
-  rq_col c = {mult, 0, 0, shift, zp};
-  if (s >= 1 && s <= 22) {
-    c.s = s;
-    c.add = ((int32_t)1 << (s - 1)) + zp * ((int32_t)1 << s);
-  }
-  return c;
-}
-
-static TT_ALWAYS_INLINE int32_t rq_apply(int32_t acc, const rq_col *c) {
+/** zp + requant(acc) through the column c prepared by tt_rq_prepare (tt_requant_s8.h: the
+ *  low word of the product cannot carry into the rounding since 2^(n-1) is a multiple of 2^32);
+ *  s = 0 marks the other shifts, done by rq_slow. */
+static TT_ALWAYS_INLINE int32_t rq_apply(int32_t acc, const tt_rq_col *c) {
   return c->s != 0 ? (tt_smmul(acc, c->mult) + c->add) >> c->s
                    : rq_slow(acc, c->mult, c->shift, c->zp);
 }
 
 /** Everything the output stage of one column needs. */
 typedef struct {
-  rq_col c1;    /**< stage 1 (zero point: zp_y, or zp_acc when two-step) */
+  tt_rq_col c1; /**< stage 1 (zero point: zp_y, or zp_acc when two-step) */
   int32_t off2; /**< two-step: bias2[n] - zp_acc 2^8 */
   int32_t bias; /**< kernel_bias[n] */
 } col_out;
@@ -181,7 +134,7 @@ typedef struct {
 /** The layer-wide part of the output stage. */
 typedef struct {
   int32_t two_step;
-  rq_col c2; /**< stage 2 (zero point zp_y) */
+  tt_rq_col c2; /**< stage 2 (zero point zp_y) */
   int32_t lo;
   int32_t hi;
 } out_stage;
@@ -189,7 +142,7 @@ typedef struct {
 static col_out col_prepare(const tt_linear_s8_params *p, int32_t n) {
   const int32_t m = p->per_channel ? n : 0;
   col_out c;
-  c.c1 = rq_prepare(p->mult[m], p->shift[m], p->two_step ? p->acc_zero_point : p->y_zero_point);
+  c.c1 = tt_rq_prepare(p->mult[m], p->shift[m], p->two_step ? p->acc_zero_point : p->y_zero_point);
   c.off2 = p->two_step ? (p->bias2 != NULL ? p->bias2[n] : 0) -
                              p->acc_zero_point * (1 << TT_LINEAR_S8_ACC_BIAS_BITS)
                        : 0;
@@ -210,7 +163,7 @@ static TT_ALWAYS_INLINE int8_t out_value(const out_stage *o, const col_out *c, i
 static out_stage stage_prepare(const tt_linear_s8_params *p) {
   out_stage o;
   o.two_step = p->two_step;
-  o.c2 = rq_prepare(p->mult2, p->shift2, p->y_zero_point);
+  o.c2 = tt_rq_prepare(p->mult2, p->shift2, p->y_zero_point);
   o.lo = p->act_min;
   o.hi = p->act_max;
   return o;

@@ -29,6 +29,7 @@
 
 #include "tt_mhsa_s8.h"
 #include "tt_mhsa_s8_common.h"
+#include "tt_requant_s8.h"
 #include "tt_simd.h"
 
 #if !defined(TT_MHSA_S8_SDOT4) && !defined(TT_MHSA_S8_NO_SDOT4) && defined(__riscv)
@@ -127,40 +128,18 @@ static int32_t dot_1x1(const int16_t *a, int32_t a_gs, const int16_t *b, int32_t
 
 /* ------------------------------------------------------------------ requantization */
 
-/** Requantization of one output column, prepared once per column: zp + requant(acc) is
- *  (smmul(acc, mult) + add) >> s with add = 2^(s-1) + zp 2^s when the total shift n = 31 -
- *  shift lies in 33 .. 54 (s = n - 32; see s8_requant: one rounding, zp folded in exactly,
- *  and |smmul| < 2^30 keeps the sum in int32); s = 0 marks the other shifts, done in 64 bits. */
-typedef struct {
-  int32_t mult;
-  int32_t add;
-  int32_t s;
-  int32_t shift;
-  int32_t zp;
-} rq_col;
-
-static rq_col rq_prepare(int32_t mult, int32_t shift, int32_t zp) {
-  const int32_t s = 31 - shift - 32;
-  rq_col c = {mult, 0, 0, shift, zp};
-  if (s >= 1 && s <= 22) {
-    c.s = s;
-    c.add = ((int32_t)1 << (s - 1)) + zp * ((int32_t)1 << s);
-  }
-  return c;
-}
-
-/** zp + requant(acc) in 64 bits (the shifts rq_prepare does not take fast). */
+/** zp + requant(acc) in 64 bits (the shifts tt_rq_prepare does not take fast). */
 static TT_NOINLINE int32_t rq_slow(int32_t acc, int32_t mult, int32_t shift, int32_t zp) {
   return zp + s8_requant(acc, mult, shift);
 }
 
 /** zp + requant(acc) through the prepared column c. */
-static TT_ALWAYS_INLINE int32_t rq_apply(int32_t acc, const rq_col *c, int fast) {
+static TT_ALWAYS_INLINE int32_t rq_apply(int32_t acc, const tt_rq_col *c, int fast) {
   return fast ? (tt_smmul(acc, c->mult) + c->add) >> c->s
               : rq_slow(acc, c->mult, c->shift, c->zp);
 }
 
-static int32_t rq_one(int32_t acc, const rq_col *c) {
+static int32_t rq_one(int32_t acc, const tt_rq_col *c) {
   return rq_slow(acc, c->mult, c->shift, c->zp);
 }
 
@@ -262,7 +241,7 @@ static TT_ALWAYS_INLINE int32_t stage2_offset(const stage2_par *t, int32_t j) {
 }
 
 /** Stage 2 of v (stage-1 int8 value) through the prepared c2 (zero point folded in). */
-static TT_ALWAYS_INLINE int32_t stage2_apply(int32_t v, int32_t offset, const rq_col *c2) {
+static TT_ALWAYS_INLINE int32_t stage2_apply(int32_t v, int32_t offset, const tt_rq_col *c2) {
   return tt_ssat8(rq_apply(v * (1 << TT_MHSA_S8_ACC_BIAS_BITS) + offset, c2, c2->s != 0));
 }
 
@@ -273,7 +252,7 @@ static TT_ALWAYS_INLINE int32_t out_sat(out_kind kind, int32_t v) {
 
 /** Store C(i, j) = acc (one element; tails). */
 static void store_1(out_kind kind, const mm_out *o, int32_t i, int32_t j, int32_t acc,
-                    const rq_col *c, const rq_col *c2) {
+                    const tt_rq_col *c, const tt_rq_col *c2) {
   const int32_t r = o->row_off + i;
   if (kind == OUT_ACC32) {
     ((int32_t *)o->dst)[r * o->ld + j] = acc;
@@ -297,8 +276,8 @@ static void store_1(out_kind kind, const mm_out *o, int32_t i, int32_t j, int32_
  *  requantization. */
 static TT_ALWAYS_INLINE void store_2x2(out_kind kind, void *dst, int32_t ld, int32_t at,
                                        int32_t r, int32_t s00, int32_t s01, int32_t s10,
-                                       int32_t s11, const rq_col *c0, const rq_col *c1,
-                                       int fast, uint32_t zp2, const rq_col *c2, int32_t t0,
+                                       int32_t s11, const tt_rq_col *c0, const tt_rq_col *c1,
+                                       int fast, uint32_t zp2, const tt_rq_col *c2, int32_t t0,
                                        int32_t t1) {
   if (kind == OUT_ACC32) {
     int32_t *d = (int32_t *)dst + at;
@@ -371,12 +350,12 @@ static TT_ALWAYS_INLINE void mm(out_kind kind, const int16_t *a, int32_t m, int3
   /* two_step is a constant at every call: the one-rounding instances carry no stage 2 */
   const stage2_par *two = kind == OUT_T16 || kind == OUT_ACC32 || !two_step ? NULL : o->two;
   const int32_t z = kind == OUT_T16 ? 0 : (two != NULL ? two->zp_acc : zp); /* stage 1 */
-  const rq_col none = {0, 0, 0, 0, 0};
-  const rq_col c2 = two != NULL ? rq_prepare(two->mult2, two->shift2, zp) : none;
-  const rq_col *c2p = two != NULL ? &c2 : NULL;
+  const tt_rq_col none = {0, 0, 0, 0, 0};
+  const tt_rq_col c2 = two != NULL ? tt_rq_prepare(two->mult2, two->shift2, zp) : none;
+  const tt_rq_col *c2p = two != NULL ? &c2 : NULL;
   /* one multiplier for every column (mstep 0): prepared once */
-  const rq_col per_tensor =
-      kind != OUT_ACC32 && o->mstep == 0 ? rq_prepare(o->mult[0], o->shift[0], z) : none;
+  const tt_rq_col per_tensor =
+      kind != OUT_ACC32 && o->mstep == 0 ? tt_rq_prepare(o->mult[0], o->shift[0], z) : none;
   for (int32_t j = 0; j < n; j += 2) {
     const int pair = j + 1 < n;
     const int16_t *b;
@@ -386,12 +365,12 @@ static TT_ALWAYS_INLINE void mm(out_kind kind, const int16_t *a, int32_t m, int3
       widen_w(w8 + j * k4, pair ? w8 + (j + 1) * k4 : NULL, k4, panel);
       b = panel;
     }
-    rq_col c0 = per_tensor;
-    rq_col c1 = per_tensor;
+    tt_rq_col c0 = per_tensor;
+    tt_rq_col c1 = per_tensor;
     if (kind != OUT_ACC32 && o->mstep != 0) {
-      c0 = rq_prepare(o->mult[j], o->shift[j], z);
+      c0 = tt_rq_prepare(o->mult[j], o->shift[j], z);
       if (pair) {
-        c1 = rq_prepare(o->mult[j + 1], o->shift[j + 1], z);
+        c1 = tt_rq_prepare(o->mult[j + 1], o->shift[j + 1], z);
       }
     }
     const int32_t b0 = o->bias != NULL ? o->bias[j] : 0;
@@ -584,9 +563,9 @@ static TT_ALWAYS_INLINE void mm8(out_kind kind, const s8_job *job, const int8_t 
   const uint32_t zp2 = tt_pack16(o->zp, o->zp);
   const stage2_par *two = two_step ? o->two : NULL; /* two_step: constant, as in mm() */
   const int32_t z = two != NULL ? two->zp_acc : o->zp; /* stage 1 */
-  const rq_col none = {0, 0, 0, 0, 0};
-  const rq_col c2 = two != NULL ? rq_prepare(two->mult2, two->shift2, o->zp) : none;
-  const rq_col *c2p = two != NULL ? &c2 : NULL;
+  const tt_rq_col none = {0, 0, 0, 0, 0};
+  const tt_rq_col c2 = two != NULL ? tt_rq_prepare(two->mult2, two->shift2, o->zp) : none;
+  const tt_rq_col *c2p = two != NULL ? &c2 : NULL;
   for (int32_t j = 0; j < n; j += 2) {
     const int pair = j + 1 < n;
     const int8_t *w0 = w8 + j * E4;
@@ -599,10 +578,10 @@ static TT_ALWAYS_INLINE void mm8(out_kind kind, const s8_job *job, const int8_t 
     }
     const int32_t b0 = (o->bias != NULL ? o->bias[j] : 0) - zx * sum0;
     const int32_t b1 = (o->bias != NULL && pair ? o->bias[j + 1] : 0) - zx * sum1;
-    const rq_col c0 = rq_prepare(o->mult[j * o->mstep], o->shift[j * o->mstep], z);
-    const rq_col c1 = pair ? rq_prepare(o->mult[(j + 1) * o->mstep],
-                                        o->shift[(j + 1) * o->mstep], z)
-                           : c0;
+    const tt_rq_col c0 = tt_rq_prepare(o->mult[j * o->mstep], o->shift[j * o->mstep], z);
+    const tt_rq_col c1 = pair ? tt_rq_prepare(o->mult[(j + 1) * o->mstep],
+                                              o->shift[(j + 1) * o->mstep], z)
+                              : c0;
     const int32_t t0 = two != NULL ? stage2_offset(two, j) : 0;
     const int32_t t1 = two != NULL && pair ? stage2_offset(two, j + 1) : t0;
     int32_t step;
@@ -823,7 +802,7 @@ static void mhsa_s8_out_block(const s8_job *job, int32_t i0, int32_t rows, int8_
     return;
   }
   for (int32_t o = 0; o < EO; ++o) {
-    const rq_col c = rq_prepare(p->o_mult[o], p->o_shift[o], p->y_zero_point);
+    const tt_rq_col c = tt_rq_prepare(p->o_mult[o], p->o_shift[o], p->y_zero_point);
     for (int32_t r = 0; r < rows; ++r) {
       const int32_t acc = job->y32[r * EO + o];
       y[(i0 + r) * EO + o] = (int8_t)tt_ssat8(rq_apply(acc, &c, c.s != 0));

@@ -26,15 +26,20 @@ from typing import Any
 import numpy as np
 from tvm import relax
 
+from tvm_tiny.codegen.instance import entry_call, fixed_point_text, instance_source
 from tvm_tiny.codegen.kernel import CONST_ALIGNMENT, GeneratedKernel, kernel_function_name
-from tvm_tiny.codegen.linear_s8 import arrange_linear_s8, arrange_weights, scalar_fields_linear_s8
+from tvm_tiny.codegen.linear_s8 import (
+    SCALAR_FIELDS,
+    arrange_linear_s8,
+    arrange_weights,
+    read_offloaded_s8,
+    scalar_fields_linear_s8,
+)
 from tvm_tiny.ir.cformat import (
     c_comment,
     c_declaration,
     const_array,
     designated,
-    format_call,
-    format_signature,
     format_values,
     real_text,
 )
@@ -42,10 +47,8 @@ from tvm_tiny.ir.enums import DType
 from tvm_tiny.ir.errors import CodegenError
 from tvm_tiny.ir.mhsa_s8 import ACC_BIAS_BITS
 from tvm_tiny.ir.provenance import UNKNOWN, Provenance
-from tvm_tiny.partition.partitioner import composite_of
 from tvm_tiny.partition.patterns import (
     CONV_S8_COMPOSITE,
-    linear_s8_matched,
     make_conv_s8_pattern,
     read_conv_s8,
 )
@@ -70,9 +73,6 @@ DEFAULT_PIXELS_PER_BLOCK = 8
 """Output pixels gathered per block (C ``tt_conv_s8_config.pixels_per_block``): the GEMM's
 per-column setup is spread over X/2 register tiles, at about 3 K + O bytes of scratch per
 pixel."""
-
-_SCALAR_FIELDS = ("per_channel", "y_zero_point", "act_min", "act_max", "two_step",
-                  "acc_zero_point", "mult2", "shift2")
 
 
 def _ceil4(n: int) -> int:
@@ -132,16 +132,8 @@ class ConvS8Descriptor:
 def describe_conv_s8(func: relax.Function, symbol: str) -> ConvS8Descriptor:
     """The :class:`ConvS8Descriptor` of an offloaded ``tvm_tiny.conv_s8`` function: the
     pattern matched again on its composite, its quantization read as the check read it."""
-    composite = composite_of(func, CONV_S8_COMPOSITE)
-    var2val = {b.var: b.value for block in composite.body.blocks for b in block.bindings}
-    pattern, annotations = make_conv_s8_pattern()
-    result = composite.body.body
-    matched = pattern.extract_matched_expr(var2val.get(result, result), var2val)
-    if matched is None:
-        raise CodegenError(f"'{symbol}' is not a tvm_tiny.conv_s8 chain")
-    quant, reason = read_conv_s8(linear_s8_matched(matched, annotations))
-    if quant is None:
-        raise CodegenError(f"'{symbol}': {reason}")
+    quant, _ = read_offloaded_s8(func, symbol, CONV_S8_COMPOSITE, make_conv_s8_pattern,
+                                 read_conv_s8)
     return ConvS8Descriptor(symbol, quant)
 
 
@@ -163,11 +155,6 @@ def metadata_entry_conv_s8(desc: ConvS8Descriptor, kernel: GeneratedKernel) -> d
         "params_bytes": kernel.params_bytes, "scratch_bytes": kernel.scratch_bytes,
         "shared_weights": {"symbol": weight_symbol(weights), "bytes": int(weights.nbytes)},
     }
-
-
-def _fixed_point(mult: int, shift: int) -> str:
-    exponent = int(shift) - 31
-    return f"{real_text(math.ldexp(int(mult), exponent))} = {int(mult)} * 2^{exponent}"
 
 
 def _dims_fields(g: ConvGeometry) -> list[tuple[str, str]]:
@@ -200,7 +187,7 @@ def emit_conv_s8(desc: ConvS8Descriptor, config: object, model: str, config_sour
         g.out_channels, g.reduction // (g.kernel[0] * g.kernel[1]), *g.kernel)
     layout = "W [C][KH*KW], natural order" if g.depthwise else \
         "W as [K][O] in column pairs (tt_linear_s8.h)"
-    reals = ", ".join(_fixed_point(m, s) for m, s in zip(arrays["mult"], arrays["shift"]))
+    reals = ", ".join(fixed_point_text(m, s) for m, s in zip(arrays["mult"], arrays["shift"]))
     comments = {
         "kernel_bias": "kernel_bias [O] int32 = bias - zp_x * sum W[o]"
                        + ("" if q.bias is None else
@@ -234,63 +221,31 @@ def emit_conv_s8(desc: ConvS8Descriptor, config: object, model: str, config_sour
         f"tvm_tiny offloaded int8 convolution '{desc.symbol}' of model '{model}'.", lines)
     gemm = [("weights", wsym)] + [(name, f"{fn}_{name}") for name in
                                   ("kernel_bias", "mult", "shift")]
-    gemm += [(name, str(scalars[name])) for name in _SCALAR_FIELDS]
+    gemm += [(name, str(scalars[name])) for name in SCALAR_FIELDS]
     gemm += [("bias2", f"{fn}_bias2" if "bias2" in arrays else "NULL")]
-    params_c = ["const void *const *args", "void *const *outs", "uint8_t *scratch",
-                "int32_t scratch_bytes"]
-    source = _CONV_S8_TEMPLATE.format(
-        header=header, x=list(g.input_shape), y=list(g.output_shape), consts="\n".join(consts),
-        dims=c_declaration("static const tt_conv_s8_dims", f"{fn}_dims = {{"),
-        dims_fields=designated(_dims_fields(g)),
-        config=c_declaration("static const tt_conv_s8_config", f"{fn}_config = {{"),
-        config_fields=designated([("pixels_per_block", str(DEFAULT_PIXELS_PER_BLOCK))]),
-        params=c_declaration("static const tt_conv_s8_params", f"{fn}_params = {{"),
-        gemm_fields=designated(gemm, 12), zp=q.x.zero_point,
-        declaration=format_signature(f"int32_t {fn}", params_c),
-        definition=format_signature(f"int32_t {fn}", params_c, " {"),
-        call=format_call("return (int32_t)tt_conv_s8", [
-            f"&{fn}_dims", f"&{fn}_config", f"&{fn}_params", "(const int8_t *)args[0]",
-            "(int8_t *)outs[0]", "(int8_t *)(void *)scratch", "scratch_bytes"], indent=2),
-    )
+    params_fields = (f"    .gemm =\n        {{\n{designated(gemm, 12)}\n        }},\n"
+                     f"    .x_zero_point = {q.x.zero_point},")
+    source = instance_source(
+        header, ("tt_conv_s8.h", "tvm_tiny/tt_runtime.h"), consts, fn, [
+            ("tt_conv_s8_dims", "dims", designated(_dims_fields(g))),
+            ("tt_conv_s8_config", "config",
+             designated([("pixels_per_block", str(DEFAULT_PIXELS_PER_BLOCK))])),
+            ("tt_conv_s8_params", "params", params_fields)],
+        f"/* AOT entry: args[0] = x int8 {list(g.input_shape)}, outs[0] = y int8 "
+        f"{list(g.output_shape)}, NCHW. */", entry_call(fn, "tt_conv_s8"), _WEAK_SHARED)
     params_bytes = int(sum(a.nbytes for a in arrays.values()))
     return GeneratedKernel(desc.symbol, fn, source, scratch, params_bytes, LIBRARY_SOURCES)
 
 
-_CONV_S8_TEMPLATE = """\
-{header}#include <stddef.h>
-#include <stdint.h>
-
-#include "tt_conv_s8.h"
-#include "tvm_tiny/tt_runtime.h"
-
+_WEAK_SHARED = """\
 #if defined(__GNUC__)
 #define TT_CONV_S8_SHARED __attribute__((weak))
 #else
 #define TT_CONV_S8_SHARED static
 #endif
 
-{consts}
-{dims}
-{dims_fields}
-}};
-{config}
-{config_fields}
-}};
-{params}
-    .gemm =
-        {{
-{gemm_fields}
-        }},
-    .x_zero_point = {zp},
-}};
-
-{declaration}
-
-/* AOT entry: args[0] = x int8 {x}, outs[0] = y int8 {y}, NCHW. */
-{definition}
-{call}
-}}
 """
+"""What ``TT_CONV_S8_SHARED`` (the shared weight arrays' storage class) means per compiler."""
 
 
 # ---------------------------------------------------------------- kernel firmware harness

@@ -13,26 +13,23 @@ function takes and returns int8, like ``tvm_tiny_mhsa_*``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from tvm import relax
+from tvm.relax.dpl import DFPattern
 
+from tvm_tiny.codegen.instance import entry_call, fixed_point_text, instance_source
 from tvm_tiny.codegen.kernel import CONST_ALIGNMENT, GeneratedKernel, kernel_function_name
-from tvm_tiny.ir.cformat import (
-    c_declaration,
-    const_array,
-    designated,
-    format_call,
-    format_signature,
-    real_text,
-)
+from tvm_tiny.ir.cformat import const_array, designated, real_text
 from tvm_tiny.ir.enums import DType
 from tvm_tiny.ir.errors import CodegenError
+from tvm_tiny.ir.mhsa_s8 import ACC_BIAS_BITS
 from tvm_tiny.ir.provenance import UNKNOWN, Provenance
 from tvm_tiny.ir.relax_compat import static_shape
+from tvm_tiny.partition.describe import match_composite
 from tvm_tiny.partition.partitioner import composite_of
 from tvm_tiny.partition.patterns import (
     LINEAR_S8_COMPOSITE,
@@ -55,6 +52,7 @@ __all__ = [
     "emit_linear_s8",
     "linear_s8_harness",
     "metadata_entry_s8",
+    "read_offloaded_s8",
     "scalar_fields_linear_s8",
     "scratch_bytes_linear_s8",
 ]
@@ -67,6 +65,9 @@ blocks prepare each column's requantization less often, at 2 * K bytes of scratc
 
 ARRAY_FIELDS = ("weights", "kernel_bias", "mult", "shift")
 """The pointer fields of ``tt_linear_s8_params`` before its scalars, in struct order."""
+
+QuantT = TypeVar("QuantT")
+"""What a pattern's reader returns (``LinearS8Quant``, ``ConvS8Quant``)."""
 
 SCALAR_FIELDS = ("per_channel", "y_zero_point", "act_min", "act_max", "two_step",
                  "acc_zero_point", "mult2", "shift2")
@@ -138,20 +139,29 @@ class LinearS8Descriptor:
         return self.quant.out_features
 
 
+def read_offloaded_s8(func: relax.Function, symbol: str, composite: str,
+                      make_pattern: Callable[[], tuple[DFPattern, dict[str, DFPattern]]],
+                      read: Callable[[Mapping[str, relax.Expr]], tuple[QuantT | None, str]]
+                      ) -> tuple[QuantT, dict[str, relax.Expr]]:
+    """The quantization ``read`` finds in the offloaded ``func`` holding ``composite`` and the
+    matched expressions by annotation name: the pattern matched again on the composite, read as
+    the partitioner's check read it, so the code generator emits what was checked. Shared by the
+    int8 linear and convolution descriptors, whose patterns annotate the same way."""
+    pattern, annotations = make_pattern()
+    matched = match_composite(composite_of(func, composite), pattern, symbol,
+                              f"a {composite} chain")
+    named = linear_s8_matched(matched, annotations)
+    quant, reason = read(named)
+    if quant is None:
+        raise CodegenError(f"'{symbol}': {reason}")
+    return quant, named
+
+
 def describe_linear_s8(func: relax.Function, symbol: str) -> LinearS8Descriptor:
     """The :class:`LinearS8Descriptor` of an offloaded ``tvm_tiny.linear_s8`` function: the
     pattern matched again on its composite, its quantization read as the check read it."""
-    composite = composite_of(func, LINEAR_S8_COMPOSITE)
-    var2val = {b.var: b.value for block in composite.body.blocks for b in block.bindings}
-    pattern, annotations = make_linear_s8_pattern()
-    result = composite.body.body
-    matched = pattern.extract_matched_expr(var2val.get(result, result), var2val)
-    if matched is None:
-        raise CodegenError(f"'{symbol}' is not a tvm_tiny.linear_s8 chain")
-    named = linear_s8_matched(matched, annotations)
-    quant, reason = read_linear_s8(named)
-    if quant is None:
-        raise CodegenError(f"'{symbol}': {reason}")
+    quant, named = read_offloaded_s8(func, symbol, LINEAR_S8_COMPOSITE, make_linear_s8_pattern,
+                                     read_linear_s8)
     x_shape = static_shape(named["xq"])
     return LinearS8Descriptor(symbol, int(math.prod(x_shape[:-1])), quant)
 
@@ -167,11 +177,6 @@ def metadata_entry_s8(desc: LinearS8Descriptor, kernel: GeneratedKernel) -> dict
         "macs": desc.rows * desc.in_features * desc.out_features,
         "params_bytes": kernel.params_bytes, "scratch_bytes": kernel.scratch_bytes,
     }
-
-
-def _fixed_point(mult: int, shift: int) -> str:
-    exponent = int(shift) - 31
-    return f"{real_text(math.ldexp(int(mult), exponent))} = {int(mult)} * 2^{exponent}"
 
 
 def _describe(point: Any) -> str:
@@ -192,7 +197,7 @@ def emit_linear_s8(desc: LinearS8Descriptor, config: object, model: str, config_
     arrays = arrange_linear_s8(low)
     scalars = scalar_fields_linear_s8(low)
     k, n, r = desc.in_features, desc.out_features, desc.rows
-    reals = ", ".join(_fixed_point(m, s) for m, s in zip(arrays["mult"], arrays["shift"]))
+    reals = ", ".join(fixed_point_text(m, s) for m, s in zip(arrays["mult"], arrays["shift"]))
     comments = {
         "weights": f"weights [N*K4] int8, W^T in column pairs (tt_linear_s8.h), arranged from "
                    f"{provenance.describe_constant(q.weight.values)}",
@@ -201,7 +206,7 @@ def emit_linear_s8(desc: LinearS8Descriptor, config: object, model: str, config_
                           f"; bias from {provenance.describe_constant(q.bias)}"),
         "mult": f"mult (with shift), real multipliers: {reals}",
         "shift": "shift: exponents of mult (see there)",
-        "bias2": "bias2 [N] int32: stage-2 bias, round(b / s_acc * 2^8)",
+        "bias2": f"bias2 [N] int32: stage-2 bias, round(b / s_acc * 2^{ACC_BIAS_BITS})",
     }
     consts = [const_array(f"{fn}_{name}", array, CONST_ALIGNMENT, comments[name])
               for name, array in arrays.items()]
@@ -222,58 +227,23 @@ def emit_linear_s8(desc: LinearS8Descriptor, config: object, model: str, config_
     ]
     if second is not None:
         lines.insert(3, "Two-step requantization (MatMul -> Q -> DQ -> Add -> Q): stage 2 "
-                     f"{_fixed_point(second.mult, second.shift)}.")
+                     f"{fixed_point_text(second.mult, second.shift)}.")
     header = provenance.c_comment(
         f"tvm_tiny offloaded int8 linear '{desc.symbol}' of model '{model}'.", lines)
     pointers = [(name, f"{fn}_{name}") for name in ARRAY_FIELDS]
     scalar_items = [(name, str(scalars[name])) for name in SCALAR_FIELDS]
     bias2 = [("bias2", f"{fn}_bias2" if "bias2" in arrays else "NULL")]
-    params_c = ["const void *const *args", "void *const *outs", "uint8_t *scratch",
-                "int32_t scratch_bytes"]
-    source = _LINEAR_S8_TEMPLATE.format(
-        header=header, r=r, k=k, n=n, consts="\n".join(consts),
-        dims=c_declaration("static const tt_linear_dims", f"{fn}_dims = {{"),
-        dims_fields=designated([("rows", str(r)), ("in_features", str(k)),
-                                ("out_features", str(n))]),
-        config=c_declaration("static const tt_linear_s8_config", f"{fn}_config = {{"),
-        config_fields=designated([("rows_per_block", str(DEFAULT_ROWS_PER_BLOCK))]),
-        params=c_declaration("static const tt_linear_s8_params", f"{fn}_params = {{"),
-        params_fields=designated(pointers + scalar_items + bias2),
-        declaration=format_signature(f"int32_t {fn}", params_c),
-        definition=format_signature(f"int32_t {fn}", params_c, " {"),
-        call=format_call("return (int32_t)tt_linear_s8", [
-            f"&{fn}_dims", f"&{fn}_config", f"&{fn}_params", "(const int8_t *)args[0]",
-            "(int8_t *)outs[0]", "(int8_t *)(void *)scratch", "scratch_bytes"], indent=2),
-    )
+    source = instance_source(
+        header, ("tt_linear_s8.h", "tvm_tiny/tt_runtime.h"), consts, fn, [
+            ("tt_linear_dims", "dims", designated([
+                ("rows", str(r)), ("in_features", str(k)), ("out_features", str(n))])),
+            ("tt_linear_s8_config", "config",
+             designated([("rows_per_block", str(DEFAULT_ROWS_PER_BLOCK))])),
+            ("tt_linear_s8_params", "params", designated(pointers + scalar_items + bias2))],
+        f"/* AOT entry: args[0] = x int8 [{r}][{k}], outs[0] = y int8 [{r}][{n}]; scratch from "
+        "the arena. */", entry_call(fn, "tt_linear_s8"))
     params_bytes = int(sum(a.nbytes for a in arrays.values()))
     return GeneratedKernel(desc.symbol, fn, source, scratch, params_bytes, LIBRARY_SOURCES)
-
-
-_LINEAR_S8_TEMPLATE = """\
-{header}#include <stddef.h>
-#include <stdint.h>
-
-#include "tt_linear_s8.h"
-#include "tvm_tiny/tt_runtime.h"
-
-{consts}
-{dims}
-{dims_fields}
-}};
-{config}
-{config_fields}
-}};
-{params}
-{params_fields}
-}};
-
-{declaration}
-
-/* AOT entry: args[0] = x int8 [{r}][{k}], outs[0] = y int8 [{r}][{n}]; scratch from the arena. */
-{definition}
-{call}
-}}
-"""
 
 
 # ---------------------------------------------------------------- kernel firmware harness

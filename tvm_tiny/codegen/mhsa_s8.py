@@ -10,10 +10,9 @@ numpy golden model ``reference.mhsa_s8.reference_mhsa_s8`` computes exactly the 
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from tvm_tiny.codegen.instance import entry_call, fixed_point_text, instance_source
 from tvm_tiny.codegen.kernel import CONST_ALIGNMENT, GeneratedKernel, kernel_function_name
 from tvm_tiny.codegen.mhsa_s8_layout import (
     ACC_ARRAY_FIELDS,
@@ -26,11 +25,8 @@ from tvm_tiny.codegen.mhsa_s8_layout import (
 from tvm_tiny.ir.cformat import (
     CONTINUATION_INDENT,
     c_comment,
-    c_declaration,
     const_array,
     designated,
-    format_call,
-    format_signature,
     real_text,
 )
 from tvm_tiny.ir.errors import CodegenError
@@ -71,16 +67,13 @@ def emit_mhsa_s8(desc: MhsaDescriptor, config: KernelConfig, model: str, config_
                           _array_comment(name, arrays, params, provenance))
               for name in fields if name in arrays]
     pointers = [(name, f"{fn}_{name}" if name in arrays else "NULL") for name in fields]
-    call_args = [f"&{fn}_dims", f"&{fn}_config", f"&{fn}_params", "(const int8_t *)args[0]",
-                 "(int8_t *)outs[0]", "(int8_t *)(void *)scratch", "scratch_bytes"]
     if cores > 1:
         scratch = cluster_scratch_bytes_s8(shape, config, cores)
-        call = format_call("return (int32_t)tt_mhsa_s8_cluster", [*call_args, str(cores)],
-                           indent=2)
+        call = entry_call(fn, "tt_mhsa_s8_cluster", str(cores))
         library, forks = LIBRARY_SOURCES + CLUSTER_SOURCES, 2
     else:
         scratch = scratch_bytes_s8(shape, config)
-        call = format_call("return (int32_t)tt_mhsa_s8", call_args, indent=2)
+        call = entry_call(fn, "tt_mhsa_s8")
         library, forks = LIBRARY_SOURCES, 0
     q = desc.quant
     cores_text = f"heads split across {cores} cluster cores" if cores > 1 else "one core"
@@ -99,22 +92,19 @@ def emit_mhsa_s8(desc: MhsaDescriptor, config: KernelConfig, model: str, config_
             f"Depth-first: one head and one block of score rows at a time ({cores_text}); "
             f"scratch = {scratch} bytes (closed form, tt_mhsa_s8*_get_buffer_size), from the "
             "model arena."])
-    params_c = ["const void *const *args", "void *const *outs", "uint8_t *scratch",
-                "int32_t scratch_bytes"]
-    source = _MHSA_S8_TEMPLATE.format(
-        header=header, fn=fn, consts="\n".join(consts),
-        dims=c_declaration("static const tt_mhsa_dims", f"{fn}_dims = {{"),
-        dims_fields=designated([("seq", str(shape.seq)), ("embed", str(shape.embed)),
-                                ("heads", str(shape.heads)), ("proj", str(shape.proj)),
-                                ("out_features", str(shape.out_features))]),
-        config=c_declaration("static const tt_mhsa_config", f"{fn}_config = {{"),
-        config_fields=designated([("rows_per_block", str(config.rows_per_block)),
-                                  ("fuse_qk", str(int(config.fuse_qk)))]),
-        params=c_declaration("static const tt_mhsa_s8_params", f"{fn}_params = {{"),
-        params_fields=designated(pointers) + "\n" + _scalar_fields(scalars),
-        declaration=format_signature(f"int32_t {fn}", params_c),
-        definition=format_signature(f"int32_t {fn}", params_c, " {"), call=call,
-    )
+    source = instance_source(
+        header, ("tt_cluster.h", "tt_mhsa_s8.h", "tvm_tiny/tt_runtime.h"), consts, fn, [
+            ("tt_mhsa_dims", "dims", designated([
+                ("seq", str(shape.seq)), ("embed", str(shape.embed)),
+                ("heads", str(shape.heads)), ("proj", str(shape.proj)),
+                ("out_features", str(shape.out_features))])),
+            ("tt_mhsa_config", "config", designated([
+                ("rows_per_block", str(config.rows_per_block)),
+                ("fuse_qk", str(int(config.fuse_qk)))])),
+            ("tt_mhsa_s8_params", "params",
+             designated(pointers) + "\n" + _scalar_fields(scalars))],
+        "/* AOT entry: args[0] = x int8 [S][E], outs[0] = y int8 [S][E_out]; scratch from the "
+        "arena. */", call)
     return GeneratedKernel(desc.symbol, fn, source, scratch, stored_params_bytes(arrays),
                            library, forks)
 
@@ -123,19 +113,13 @@ def _describe(point: QParams) -> str:
     return f"scale {real_text(point.scale)}, zero point {point.zero_point}"
 
 
-def _fixed_point(mult: int, shift: int, exponent_of_shift: int = -31) -> str:
-    """``real = mult * 2^(shift + exponent_of_shift)`` as the comments print it."""
-    exponent = int(shift) + exponent_of_shift
-    return f"{real_text(math.ldexp(int(mult), exponent))} = {int(mult)} * 2^{exponent}"
-
-
 def _array_comment(name: str, arrays: dict[str, np.ndarray], params: MhsaInt8Params,
                    provenance: Provenance) -> str:
     """The comment above one ``tt_mhsa_s8_params`` array: the real multiplier of every
     mult/shift element, and the ONNX initializer a weight is arranged from."""
     if name.endswith("_mult") and name.replace("_mult", "_shift") in arrays:
         shifts = arrays[name.replace("_mult", "_shift")].reshape(-1)
-        reals = [_fixed_point(m, s) for m, s in zip(arrays[name].reshape(-1), shifts)]
+        reals = [fixed_point_text(m, s) for m, s in zip(arrays[name].reshape(-1), shifts)]
         return f"{name} (with {name.replace('_mult', '_shift')}), real multipliers: " + \
             ", ".join(reals)
     if name.endswith("_shift") and name.replace("_shift", "_mult") in arrays:
@@ -159,9 +143,9 @@ def _scalar_fields(scalars: dict[str, int]) -> str:
         shift = name.replace("_mult", "_shift")
         if name.endswith("_mult") and shift in scalars:
             if name == _PROBS_PAIR[0]:
-                text = f"1/s_probs: {_fixed_point(value, -int(scalars[shift]), 0)}"
+                text = f"1/s_probs: {fixed_point_text(value, -int(scalars[shift]), 0)}"
             else:
-                text = f"{name[:-5]}: {_fixed_point(value, scalars[shift])}"
+                text = f"{name[:-5]}: {fixed_point_text(value, scalars[shift])}"
             lines.append(c_comment(text, CONTINUATION_INDENT))
             lines.append(f"    .{name} = {value},")
             lines.append(f"    .{shift} = {scalars[shift]},")
@@ -169,31 +153,3 @@ def _scalar_fields(scalars: dict[str, int]) -> str:
         else:
             lines.append(f"    .{name} = {value},")
     return "\n".join(lines)
-
-
-_MHSA_S8_TEMPLATE = """\
-{header}#include <stddef.h>
-#include <stdint.h>
-
-#include "tt_cluster.h"
-#include "tt_mhsa_s8.h"
-#include "tvm_tiny/tt_runtime.h"
-
-{consts}
-{dims}
-{dims_fields}
-}};
-{config}
-{config_fields}
-}};
-{params}
-{params_fields}
-}};
-
-{declaration}
-
-/* AOT entry: args[0] = x int8 [S][E], outs[0] = y int8 [S][E_out]; scratch from the arena. */
-{definition}
-{call}
-}}
-"""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import tvm
 from tvm import relax
+from tvm.relax.dpl import DFPattern
 
 from tvm_tiny.ir.enums import DType
 from tvm_tiny.ir.errors import CodegenError
@@ -51,18 +52,28 @@ def composite_of(func: relax.Function) -> relax.Function:
     return composite_function_of(func, *_COMPOSITES)
 
 
+def match_composite(composite: relax.Function, pattern: DFPattern, symbol: str, what: str
+                    ) -> dict[DFPattern, relax.Expr]:
+    """The match of ``pattern`` on the result of the composite function ``composite`` (the
+    expressions by pattern node), or CodegenError "'symbol' is not ``what``". Every descriptor
+    (MHSA here, ``codegen.linear_s8``, ``codegen.conv_s8``) reads its offloaded function this
+    way: the pattern the partitioner offloaded it by, matched again on its bindings, so the
+    code generator reads what the check read."""
+    var2val = {b.var: b.value for block in composite.body.blocks for b in block.bindings}
+    result = composite.body.body
+    matched = pattern.extract_matched_expr(var2val.get(result, result), var2val)
+    if matched is None:
+        raise CodegenError(f"'{symbol}' is not {what}")
+    return matched
+
+
 def describe_mhsa(func: relax.Function, symbol: str) -> MhsaDescriptor:
     """Extract the :class:`MhsaDescriptor` of an offloaded function (see module docstring)."""
     composite = composite_of(func)
     if composite.attrs.get("Composite") == MHSA_S8_COMPOSITE:
         return _describe_mhsa_s8(composite, symbol)
-    var2val = {b.var: b.value for block in composite.body.blocks for b in block.bindings}
     pattern, annotations = make_mhsa_pattern()
-    result = composite.body.body
-    root = var2val.get(result, result)
-    matched = pattern.extract_matched_expr(root, var2val)
-    if matched is None:
-        raise CodegenError(f"'{symbol}' is not the canonical tvm_tiny.mhsa chain")
+    matched = match_composite(composite, pattern, symbol, "the canonical tvm_tiny.mhsa chain")
 
     def const(name: str) -> np.ndarray | None:
         expr = matched.get(annotations[name])
@@ -92,12 +103,8 @@ def describe_mhsa(func: relax.Function, symbol: str) -> MhsaDescriptor:
 
 def _describe_mhsa_s8(composite: relax.Function, symbol: str) -> MhsaDescriptor:
     """Read the canonical QDQ chain: quantization at each point, int8 weights, float biases."""
-    var2val = {b.var: b.value for block in composite.body.blocks for b in block.bindings}
     pattern, annotations = make_mhsa_s8_pattern()
-    result = composite.body.body
-    matched = pattern.extract_matched_expr(var2val.get(result, result), var2val)
-    if matched is None:
-        raise CodegenError(f"'{symbol}' is not the canonical tvm_tiny.mhsa_s8 chain")
+    matched = match_composite(composite, pattern, symbol, "the canonical tvm_tiny.mhsa_s8 chain")
 
     def node(name: str) -> relax.Expr:
         return matched[annotations[name]]

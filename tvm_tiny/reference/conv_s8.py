@@ -21,15 +21,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tvm_tiny.ir.mhsa_s8 import ACC_BIAS_BITS
-from tvm_tiny.ir.quant import INT8_MAX, INT8_MIN
 from tvm_tiny.reference.linear_s8 import (
     LinearS8Quant,
     LoweredLinearS8,
     lower_linear_s8,
+    output_stage_s8,
     reference_linear_s8,
 )
-from tvm_tiny.reference.mhsa_s8 import requantize
 
 __all__ = [
     "ConvGeometry",
@@ -158,21 +156,6 @@ def im2col(x_q: np.ndarray, g: ConvGeometry, zero_point: int) -> np.ndarray:
     return stacked.transpose(0, 2, 3, 1, 4).reshape(n, oh * ow, c * kh * kw)
 
 
-def _output_stage(acc: np.ndarray, low: LoweredLinearS8) -> np.ndarray:
-    """``reference_linear_s8``'s output stage of int64 ``acc`` [..., N] (bias included)."""
-    step, second = low.step, low.step.second
-    if second is None:
-        v = low.zp_y + requantize(acc, step.mult, step.shift)
-    else:
-        q1 = np.clip(second.acc_zero_point + requantize(acc, step.mult, step.shift),
-                     INT8_MIN, INT8_MAX)
-        d = (q1 - second.acc_zero_point) << ACC_BIAS_BITS
-        if second.bias is not None:
-            d = d + second.bias.astype(np.int64)
-        v = low.zp_y + requantize(d, second.mult, second.shift)
-    return np.clip(v, low.act_min, low.act_max).astype(np.int8)
-
-
 def reference_conv_s8(x_q: np.ndarray, low: LoweredConvS8) -> np.ndarray:
     """What ``tt_conv_s8`` returns, bit for bit: int8 [N, O, OH, OW] of int8 ``x_q``."""
     x_q = np.asarray(x_q)
@@ -184,7 +167,5 @@ def reference_conv_s8(x_q: np.ndarray, low: LoweredConvS8) -> np.ndarray:
         y = reference_linear_s8(cols.astype(np.int8), lin)  # [N, P, O]
         return np.ascontiguousarray(y.transpose(0, 2, 1).reshape(g.output_shape))
     acc = np.einsum("ncpk,kc->npc", cols - lin.zp_x, lin.weight.astype(np.int64))
-    if lin.step.bias is not None:
-        acc = acc + lin.step.bias.astype(np.int64)
-    y = _output_stage(acc, lin)  # [N, P, C]
+    y = output_stage_s8(acc, lin)  # [N, P, C]
     return np.ascontiguousarray(y.transpose(0, 2, 1).reshape(g.output_shape))

@@ -49,6 +49,7 @@ __all__ = [
     "LoweredLinearS8",
     "float_reference_linear_s8",
     "lower_linear_s8",
+    "output_stage_s8",
     "reference_linear_s8",
 ]
 
@@ -170,6 +171,14 @@ def reference_linear_s8(x_q: np.ndarray, low: LoweredLinearS8) -> np.ndarray:
     if x_q.dtype != np.int8:
         raise TypeError(f"x_q must be int8, got {x_q.dtype}")
     acc = (x_q.astype(np.int64) - low.zp_x) @ low.weight.astype(np.int64)
+    return output_stage_s8(acc, low)
+
+
+def output_stage_s8(acc: np.ndarray, low: LoweredLinearS8) -> np.ndarray:
+    """int8 [..., N] that ``low``'s output stage makes of the int64 sums ``acc`` [..., N] of
+    ``(x - zp_x) * W`` (bias not yet added). It is a separate function because every kernel
+    built on this integer program (e.g. ``tt_conv_s8``'s depthwise path, which does not go
+    through a matrix product) must requantize the same way, bit for bit."""
     step, second = low.step, low.step.second
     if second is None:
         if step.bias is not None:
