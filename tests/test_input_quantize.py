@@ -29,7 +29,9 @@ def _lowered(qp: QParams) -> relax.VirtualMachine:
     bb = relax.BlockBuilder()
     with bb.function("main", [x]):
         with bb.dataflow():
-            out = bb.emit_output(bb.emit_te(lambda t: quantize_half_even_te(t, qp), x))
+            scale = relax.const(np.array([qp.scale], np.float32))
+            out = bb.emit_output(bb.emit_te(lambda t, s: quantize_half_even_te(t, s, qp), x,
+                                            scale))
         bb.emit_func_output(out)
     return relax.VirtualMachine(relax.build(bb.get(), "llvm"), tvm.cpu())
 

@@ -17,6 +17,7 @@ called by ``call_tir``), which TVM fuses and compiles like the rest. The golden 
 
 from __future__ import annotations
 
+import numpy as np
 import tvm
 from tvm import relax, te, tirx
 
@@ -30,15 +31,20 @@ CLAMP = 1024.0
 any zero point, so the saturated result is unchanged."""
 
 
-def quantize_half_even_te(x: te.Tensor, qp: QParams) -> te.Tensor:
+def quantize_half_even_te(x: te.Tensor, scale: te.Tensor, qp: QParams) -> te.Tensor:
     """``quantize(x, qp)`` for a per-tensor int8 ``qp``, rounding ties to even (module doc), as
     one elementwise expression: TVM's common-subexpression pass keeps ``y``, ``t`` and the
-    remainder in registers, where Relax ops would hold each in a buffer of its own."""
+    remainder in registers, where Relax ops would hold each in a buffer of its own.
+
+    ``scale`` is ``qp.scale`` as a float32 [1] tensor, not an immediate: TVM's C code generator
+    prints float immediates with 7 significant digits (``3.315521e-02f`` for 0.033155214), and
+    the quotient of a rounded scale lands on the other side of a rounding boundary now and then.
+    A constant tensor is printed by tvm_tiny's AOT, exactly."""
     f32, i32 = "float32", "int32"
     lo, hi = qp.range
 
     def element(*index: tirx.PrimExpr) -> tirx.PrimExpr:
-        y = tirx.max(tirx.min(x[index] / tirx.const(qp.scale, f32), tirx.const(CLAMP, f32)),
+        y = tirx.max(tirx.min(x[index] / scale[0], tirx.const(CLAMP, f32)),
                      tirx.const(-CLAMP, f32))
         t = tirx.Cast(i32, y)  # C's conversion: toward zero
         rest = y - tirx.Cast(f32, t)  # exact: |y| < 2^23, |rest| < 1
@@ -80,7 +86,8 @@ class _InputQuantizeLowerer(relax.PyExprMutator):
             super().visit_var_binding_(binding)
             return
         x = self.visit_expr(binding.value.args[0])
-        new = self.builder_.emit_te(lambda t: quantize_half_even_te(t, qp), x,
+        scale = relax.const(np.array([qp.scale], np.float32))
+        new = self.builder_.emit_te(lambda t, s: quantize_half_even_te(t, s, qp), x, scale,
                                     primfunc_name_hint="quantize_half_even")
         self.set_var_remap(binding.var, new)
         self.lowered += 1
