@@ -69,6 +69,18 @@ class CompiledGraph:
     aot: AotResult
     tir_c_source: str
     offload: OffloadResult | None = None
+    # What the AOT was emitted from, so that it can be emitted again with a fixed arena size
+    # without compiling the model again: (lowered main, TIR symbols, TIR workspace bytes).
+    aot_inputs: tuple[relax.Function, dict[str, str], dict[str, int]] | None = None
+
+    def with_arena(self, arena_bytes: int, name: str, provenance: Provenance) -> CompiledGraph:
+        """The same compilation with the arena fixed at ``arena_bytes`` (the AOT refuses a size
+        below the plan, naming the bytes short)."""
+        assert self.aot_inputs is not None
+        main, symbols, workspace = self.aot_inputs
+        aot = emit_aot(main, name, self.externs, symbols, workspace, alignment=DEFAULT_ALIGNMENT,
+                       arena_limit=arena_bytes, provenance=provenance)
+        return CompiledGraph(aot, self.tir_c_source, self.offload, self.aot_inputs)
 
     @property
     def externs(self) -> dict[str, ExternKernel]:
@@ -86,28 +98,29 @@ class CompiledGraph:
 
 
 def _lower(mod: tvm.IRModule, name: str, profile: Board, externs: dict[str, ExternKernel],
-           arena_limit: int | None = None, provenance: Provenance = UNKNOWN,
-           inline: bool = False) -> tuple[AotResult, str]:
-    """TVM lowering of what is left, TIR to C, and the AOT plan: (aot, TIR C source).
+           provenance: Provenance = UNKNOWN, inline: bool = False) -> CompiledGraph:
+    """TVM lowering of what is left, TIR to C, and the AOT plan with the arena the plan needs
+    (``CompiledGraph.with_arena`` fixes another size); no offload result yet.
     ``inline``: tvm_tiny's own lowering (lower/inline.py); TVM alone runs without it."""
     lowered = fuse_and_plan(mod, inline_single_use=inline)
     tir = build_tir_to_c(lowered, profile.tvm_target(), f"tvmtiny_{name}", provenance)
     aot = emit_aot(tir.module["main"], name, externs, tir.tir_symbols, tir.workspace_bytes,
-                   alignment=DEFAULT_ALIGNMENT, arena_limit=arena_limit, provenance=provenance)
-    return aot, tir.tir_c_source
+                   alignment=DEFAULT_ALIGNMENT, provenance=provenance)
+    return CompiledGraph(aot, tir.tir_c_source, None,
+                         (tir.module["main"], tir.tir_symbols, tir.workspace_bytes))
 
 
 def _compile(mod: tvm.IRModule, name: str, profile: Board, offload_mhsa: bool,
-             arena_limit: int | None, tuning_log: str | None = None,
+             tuning_log: str | None = None,
              sparse: bool = True, provenance: Provenance = UNKNOWN, integer: bool = False,
              int8_io: bool = False, scratch_limit: int | None = None) -> CompiledGraph:
     """Partition (optionally), integerize, generate, lower and plan one Relax module."""
     result = offload(mod, name, profile, tuning_log, sparse, provenance, integer=integer,
                      int8_io=int8_io, scratch_limit=scratch_limit) if offload_mhsa else None
-    aot, tir_c = _lower(result.module if result else mod, name, profile,
-                        result.externs if result else {}, arena_limit, provenance,
-                        inline=result is not None)
-    return CompiledGraph(aot, tir_c, result)
+    lowered = _lower(result.module if result else mod, name, profile,
+                     result.externs if result else {}, provenance, inline=result is not None)
+    lowered.offload = result
+    return lowered
 
 
 MAX_BUDGET_RETRIES = 4
@@ -145,7 +158,7 @@ def _compile_within_budget(mod: tvm.IRModule, name: str, profile: Board, offload
     apply-best, within the memory budget), and the default with fewer query rows per block for
     an untuned MHSA: (compiled, the scratch limit applied or None). What still does not fit is
     refused by the caller."""
-    compiled = _compile(mod, name, profile, offload_mhsa, None, tuning_log, sparse, provenance,
+    compiled = _compile(mod, name, profile, offload_mhsa, tuning_log, sparse, provenance,
                         integer, int8_io)
     limit = None
     for _ in range(MAX_BUDGET_RETRIES):
@@ -153,14 +166,13 @@ def _compile_within_budget(mod: tvm.IRModule, name: str, profile: Board, offload
         if over == 0 or largest is None:
             break
         limit = largest - over
-        smaller = _compile(mod, name, profile, offload_mhsa, None, tuning_log, sparse,
-                           provenance, integer, int8_io, scratch_limit=limit)
+        smaller = _compile(mod, name, profile, offload_mhsa, tuning_log, sparse, provenance,
+                           integer, int8_io, scratch_limit=limit)
         if _mhsa_scratch(smaller) == largest:
             break  # nothing with less scratch to apply
         compiled = smaller
     if arena_bytes is not None:  # the arena at exactly the size asked for (or its refusal)
-        compiled = _compile(mod, name, profile, offload_mhsa, arena_bytes, tuning_log, sparse,
-                            provenance, integer, int8_io, scratch_limit=limit)
+        compiled = compiled.with_arena(arena_bytes, name, provenance)
     return compiled, limit
 
 
@@ -170,7 +182,7 @@ def layerwise_peak_bytes(composite: relax.Function, model: str, profile: Board) 
     The offloaded composite is compiled as a model of its own, so the figure is measured the same
     way as ours: arena (planned intermediates + TIR workspace) plus the input and output tensors.
     """
-    aot, _ = _lower(tvm.IRModule({"main": composite}), f"{model}_layerwise", profile, {})
+    aot = _lower(tvm.IRModule({"main": composite}), f"{model}_layerwise", profile, {}).aot
     io_bytes = sum(t.nbytes for t in aot.inputs) + sum(t.nbytes for t in aot.outputs)
     return aot.arena_bytes + io_bytes
 
@@ -282,7 +294,7 @@ def build(model: ModelLike, target: str = "host", offload: bool = True,
 def _add_layerwise(metadata: dict[str, Any], compiled: CompiledGraph, mod: tvm.IRModule,
                    name: str, profile: Board) -> None:
     """The layer-wise figures of ``compare=True``: the whole model and each MHSA alone."""
-    layerwise = _compile(mod, name, profile, False, None).aot if compiled.externs else compiled.aot
+    layerwise = _compile(mod, name, profile, False).aot if compiled.externs else compiled.aot
     metadata["layerwise_arena_bytes"] = layerwise.arena_bytes
     metadata["layerwise_arena_usage_by_step"] = layerwise.usage_by_step
     metadata["layerwise_memory_plan"] = layerwise.buffers

@@ -14,6 +14,8 @@
  * | tt_pack16        | lo | hi << 16 (two int16)                 | PKHBT             | pv.pack          |
  * | tt_ssub16        | a - b per int16 lane (mod 2^16)          | SSUB16            | pv.sub.h         |
  * | tt_min4          | per-lane minimum of 4 int8               | SSUB8 + SEL       | pv.min.b         |
+ * | tt_umin4         | per-lane minimum of 4 uint8              | USUB8 + SEL       | pv.minu.b        |
+ * | tt_uadd4         | a + b per uint8 lane (mod 2^8)           | UADD8             | pv.add.b         |
  * | tt_smmul         | high word of the 64-bit product a b      | SMMUL             | mulh             |
  * | tt_ssat8/16      | saturate to int8 / int16                 | SSAT              | p.clip           |
  * | tt_usat8         | saturate to 0 .. 255                     | USAT              | p.clipu          |
@@ -124,6 +126,34 @@ static inline uint32_t tt_min4(uint32_t a, uint32_t b) {
     r |= ((uint32_t)(x < y ? x : y) & 0xFFu) << i;
   }
   return r;
+#endif
+}
+
+/** @brief Per-lane minimum of the four unsigned bytes of a and b. */
+static inline uint32_t tt_umin4(uint32_t a, uint32_t b) {
+#if defined(TT_SIMD_ARM_DSP)
+  uint32_t r; /* GE[i] = (a.b_i >= b.b_i), then GE ? b : a; one asm keeps the flags together */
+  __asm__("usub8 %0, %1, %2\n\tsel %0, %2, %1" : "=&r"(r) : "r"(a), "r"(b) : "cc");
+  return r;
+#else
+  uint32_t r = 0;
+  for (int i = 0; i < 32; i += 8) {
+    const uint32_t x = (a >> i) & 0xFFu;
+    const uint32_t y = (b >> i) & 0xFFu;
+    r |= (x < y ? x : y) << i;
+  }
+  return r;
+#endif
+}
+
+/** @brief a + b per unsigned byte lane (wrapping). */
+static inline uint32_t tt_uadd4(uint32_t a, uint32_t b) {
+#if defined(TT_SIMD_ARM_DSP)
+  uint32_t r;
+  __asm__("uadd8 %0, %1, %2" : "=r"(r) : "r"(a), "r"(b) : "cc");
+  return r;
+#else
+  return ((a & 0x7F7F7F7Fu) + (b & 0x7F7F7F7Fu)) ^ ((a ^ b) & 0x80808080u);
 #endif
 }
 

@@ -511,34 +511,6 @@ static TT_NOINLINE void pair_rows_two(const xb_t *xb, int32_t rows, int32_t k4, 
 #if defined(TT_LINEAR_S8_SMLAD)
 /* ------------------------------------------------------------------ packed output stage */
 
-/** Per byte lane: min(a, b) of unsigned bytes. */
-static TT_ALWAYS_INLINE uint32_t umin8x4(uint32_t a, uint32_t b) {
-#if defined(TT_SIMD_ARM_DSP)
-  uint32_t r; /* GE[i] = (a.b_i >= b.b_i), then GE ? b : a; one asm keeps the flags together */
-  __asm__("usub8 %0, %1, %2\n\tsel %0, %2, %1" : "=&r"(r) : "r"(a), "r"(b) : "cc");
-  return r;
-#else
-  uint32_t r = 0;
-  for (int i = 0; i < 32; i += 8) {
-    const uint32_t x = (a >> i) & 0xFFu;
-    const uint32_t y = (b >> i) & 0xFFu;
-    r |= (x < y ? x : y) << i;
-  }
-  return r;
-#endif
-}
-
-/** Per byte lane: a + b mod 2^8. */
-static TT_ALWAYS_INLINE uint32_t uadd8x4(uint32_t a, uint32_t b) {
-#if defined(TT_SIMD_ARM_DSP)
-  uint32_t r;
-  __asm__("uadd8 %0, %1, %2" : "=r"(r) : "r"(a), "r"(b) : "cc");
-  return r;
-#else
-  return ((a & 0x7F7F7F7Fu) + (b & 0x7F7F7F7Fu)) ^ ((a ^ b) & 0x80808080u);
-#endif
-}
-
 /** Bytes 0 and 1 of v to y[0] and y[1]. */
 static TT_ALWAYS_INLINE void store2(int8_t *y, uint32_t v) {
 #if defined(TT_SIMD_ARM_DSP) && !defined(__ARM_BIG_ENDIAN)
@@ -631,71 +603,15 @@ static TT_ALWAYS_INLINE void out_tile(const pair_one *q, const int32_t s[4], int
   const uint32_t u3 = one_u(s[3], q->mult1, q->add1, q->s1);
   const uint32_t u = tt_pack16((int32_t)u0, (int32_t)u2) |
                      (tt_pack16((int32_t)u1, (int32_t)u3) << 8);
-  const uint32_t v = uadd8x4(umin8x4(u, q->span4), q->lo4);
+  const uint32_t v = tt_uadd4(tt_umin4(u, q->span4), q->lo4);
   store2(yo, v);
   store2(yo + N, v >> 16);
 #endif
 }
 
-/** pair_rows for one-step layers with both columns on the fast requantization; unroll as in
- *  dot_2x2_ia4. */
-static TT_ALWAYS_INLINE void pair_rows_one_t(int unroll, const pair_one *q, const xb_t *a,
-                                             int32_t rows, int32_t k4, const int8_t *w,
-                                             int8_t *yo, int32_t N) {
-  const int32_t groups = k4 >> 2;
-  const xb_t *const end = a + (rows & ~1) * k4;
-  while (a != end) { /* dot_2x2 leaves a at the next row pair */
-    int32_t s[4] = {q->bias0, q->bias1, q->bias0, q->bias1};
-    dot_2x2_ia4(&a, w, groups, unroll, s);
-    out_tile(q, s, yo, N);
-    yo += 2 * N;
-  }
-  if (rows & 1) { /* last odd row: contiguous */
-    int32_t s[2] = {q->bias0, q->bias1};
-    dot_1x2(a, w, groups, s);
-    const uint32_t u = one_u(s[0], q->mult0, q->add0, q->s0) |
-                       (one_u(s[1], q->mult1, q->add1, q->s1) << 8);
-    store2(yo, uadd8x4(umin8x4(u, q->span4), q->lo4));
-  }
-}
-
-/** One-step layers: the column pairs from c on of a block (outputs y0 = its first row) while
- *  both columns of a pair take the fast requantization; returns the first column not done. */
-static TT_ALWAYS_INLINE int32_t pairs_one_t(int unroll, const tt_linear_s8_params *p,
-                                            const xb_t *xb, int32_t rows, int32_t k4, int8_t *y0,
-                                            int32_t N, int32_t c) {
-  const int32_t step = p->per_channel; /* 0 or 1: the mult/shift stride */
-  const int32_t *mp = p->mult + step * c;
-  const int32_t *shp = p->shift + step * c;
-  const int32_t *bp = p->kernel_bias + c;
-  const int32_t zl = p->y_zero_point - p->act_min;
-  const int8_t *w = p->weights + c * k4;
-  pair_one q;
-  q.span4 = (uint32_t)(p->act_max - p->act_min) * 0x01010101u;
-  q.lo4 = ((uint32_t)p->act_min & 0xFFu) * 0x01010101u;
-  for (; c + 1 < N; c += 2, w += 2 * k4, bp += 2, mp += 2 * step, shp += 2 * step) {
-    const int32_t s0 = -1 - shp[0];
-    const int32_t s1 = -1 - shp[step];
-    if ((uint32_t)(s0 - 1) > 21u || (uint32_t)(s1 - 1) > 21u) {
-      break; /* a shift outside 1 .. 22 needs rq_slow */
-    }
-    q.bias0 = bp[0];
-    q.bias1 = bp[1];
-    q.mult0 = mp[0];
-    q.mult1 = mp[step];
-    q.add0 = ((int32_t)1 << (s0 - 1)) + zl * ((int32_t)1 << s0);
-    q.add1 = ((int32_t)1 << (s1 - 1)) + zl * ((int32_t)1 << s1);
-    q.s0 = s0;
-    q.s1 = s1;
-    pair_rows_one_t(unroll, &q, xb, rows, k4, w, y0 + c, N);
-  }
-  return c;
-}
-
-
 /** Stage 1 of a two-step column pair on the fast requantization: the stage-2 input
- *  ssat8((smmul(acc, mult_n) + add_n) >> s_n) 2^8 + off_n, add_n = 2^(s_n-1) + zp_acc 2^s_n and
- *  off_n = bias2[n] - zp_acc 2^8 (out_value's two-step form, zp_acc folded into both). */
+ *  ssat8((smmul(acc, mult_n) + add_n) >> s_n) 2^B + off_n, add_n = 2^(s_n-1) + zp_acc 2^s_n and
+ *  off_n = bias2[n] - zp_acc 2^B (out_value's two-step form, zp_acc folded into both). */
 typedef struct {
   int32_t mult0;
   int32_t mult1;
@@ -712,72 +628,96 @@ static TT_ALWAYS_INLINE int32_t stage1(int32_t acc, int32_t mult, int32_t add, i
   return tt_ssat8((tt_smmul(acc, mult) + add) >> s) * (1 << TT_LINEAR_S8_ACC_BIAS_BITS) + off;
 }
 
-/** pair_rows_one_t for two-step layers: stage 1 per column (st), then stage 2 (the same for
- *  every column) as the one-step output stage of q (q's mult/add/s are stage 2's). */
-static TT_ALWAYS_INLINE void pair_rows_two_t(int unroll, const pair_stage1 *st,
-                                             const pair_one *q, const xb_t *a, int32_t rows,
-                                             int32_t k4, const int8_t *w, int8_t *yo,
-                                             int32_t N) {
+/** pair_rows with both columns on the fast requantization: st NULL (a constant at every call)
+ *  for one-step layers, q then holding each column's requantization; else stage 1 per column
+ *  from st, and q holding stage 2 (the same for every column). unroll as in dot_2x2_ia4. */
+static TT_ALWAYS_INLINE void pair_rows_t(int unroll, const pair_stage1 *st, const pair_one *q,
+                                         const xb_t *a, int32_t rows, int32_t k4,
+                                         const int8_t *w, int8_t *yo, int32_t N) {
   const int32_t groups = k4 >> 2;
   const xb_t *const end = a + (rows & ~1) * k4;
-  while (a != end) {
+  while (a != end) { /* dot_2x2 leaves a at the next row pair */
     int32_t s[4] = {q->bias0, q->bias1, q->bias0, q->bias1};
     dot_2x2_ia4(&a, w, groups, unroll, s);
-    s[0] = stage1(s[0], st->mult0, st->add0, st->s0, st->off0);
-    s[1] = stage1(s[1], st->mult1, st->add1, st->s1, st->off1);
-    s[2] = stage1(s[2], st->mult0, st->add0, st->s0, st->off0);
-    s[3] = stage1(s[3], st->mult1, st->add1, st->s1, st->off1);
+    if (st != NULL) {
+      s[0] = stage1(s[0], st->mult0, st->add0, st->s0, st->off0);
+      s[1] = stage1(s[1], st->mult1, st->add1, st->s1, st->off1);
+      s[2] = stage1(s[2], st->mult0, st->add0, st->s0, st->off0);
+      s[3] = stage1(s[3], st->mult1, st->add1, st->s1, st->off1);
+    }
     out_tile(q, s, yo, N);
     yo += 2 * N;
   }
-  if (rows & 1) {
+  if (rows & 1) { /* last odd row: contiguous */
     int32_t s[2] = {q->bias0, q->bias1};
     dot_1x2(a, w, groups, s);
-    const int32_t v0 = stage1(s[0], st->mult0, st->add0, st->s0, st->off0);
-    const int32_t v1 = stage1(s[1], st->mult1, st->add1, st->s1, st->off1);
-    const uint32_t u = one_u(v0, q->mult0, q->add0, q->s0) |
-                       (one_u(v1, q->mult1, q->add1, q->s1) << 8);
-    store2(yo, uadd8x4(umin8x4(u, q->span4), q->lo4));
+    if (st != NULL) {
+      s[0] = stage1(s[0], st->mult0, st->add0, st->s0, st->off0);
+      s[1] = stage1(s[1], st->mult1, st->add1, st->s1, st->off1);
+    }
+    const uint32_t u = one_u(s[0], q->mult0, q->add0, q->s0) |
+                       (one_u(s[1], q->mult1, q->add1, q->s1) << 8);
+    store2(yo, tt_uadd4(tt_umin4(u, q->span4), q->lo4));
   }
 }
 
-/** pairs_one_t for two-step layers whose stage 2 takes the fast requantization (s2 in
- *  1 .. 22): the column pairs from c on while both stage-1 shifts are fast. */
-static TT_ALWAYS_INLINE int32_t pairs_two_t(int unroll, const tt_linear_s8_params *p,
-                                            const xb_t *xb, int32_t rows, int32_t k4, int8_t *y0,
-                                            int32_t N, int32_t c) {
-  const int32_t step = p->per_channel;
+/** tt_rq_prepare's rounding constant 2^(s-1) + zp 2^s, for a shift s already in 1 .. 22. */
+static TT_ALWAYS_INLINE int32_t round_add(int32_t s, int32_t zp) {
+  return ((int32_t)1 << (s - 1)) + zp * ((int32_t)1 << s);
+}
+
+/** The column pairs from c on of a block (outputs y0 = its first row) while both columns of a
+ *  pair take the fast requantization (stage 1 for two-step layers, whose caller checked
+ *  stage 2); returns the first column not done. two: a constant. The
+ *  output stage's lower clamp is folded into the rounding constant (zero point zp_y - act_min),
+ *  out_tile's USAT and the byte-lane clamp doing the rest. */
+static TT_ALWAYS_INLINE int32_t pairs_t(int unroll, int two, const tt_linear_s8_params *p,
+                                        const xb_t *xb, int32_t rows, int32_t k4, int8_t *y0,
+                                        int32_t N, int32_t c) {
+  const int32_t step = p->per_channel; /* 0 or 1: the mult/shift stride */
   const int32_t *mp = p->mult + step * c;
   const int32_t *shp = p->shift + step * c;
   const int32_t *bp = p->kernel_bias + c;
+  const int32_t zl = p->y_zero_point - p->act_min;
   const int32_t za = p->acc_zero_point;
-  const int32_t s2 = -1 - p->shift2;
   const int8_t *w = p->weights + c * k4;
   pair_one q;
-  q.mult0 = q.mult1 = p->mult2;
-  q.add0 = q.add1 = ((int32_t)1 << (s2 - 1)) + (p->y_zero_point - p->act_min) * ((int32_t)1 << s2);
-  q.s0 = q.s1 = s2;
+  pair_stage1 st;
+  if (two) {
+    const int32_t s2 = -1 - p->shift2;
+    q.mult0 = q.mult1 = p->mult2;
+    q.add0 = q.add1 = round_add(s2, zl);
+    q.s0 = q.s1 = s2;
+  }
   q.span4 = (uint32_t)(p->act_max - p->act_min) * 0x01010101u;
   q.lo4 = ((uint32_t)p->act_min & 0xFFu) * 0x01010101u;
-  pair_stage1 st;
   for (; c + 1 < N; c += 2, w += 2 * k4, bp += 2, mp += 2 * step, shp += 2 * step) {
     const int32_t s0 = -1 - shp[0];
     const int32_t s1 = -1 - shp[step];
     if ((uint32_t)(s0 - 1) > 21u || (uint32_t)(s1 - 1) > 21u) {
-      break; /* a shift outside 1 .. 22 needs rq_slow */
+      break; /* a shift outside 1 .. 22 needs rq_slow (tt_rq_prepare's s = 0) */
     }
     q.bias0 = bp[0];
     q.bias1 = bp[1];
-    st.mult0 = mp[0];
-    st.mult1 = mp[step];
-    st.add0 = ((int32_t)1 << (s0 - 1)) + za * ((int32_t)1 << s0);
-    st.add1 = ((int32_t)1 << (s1 - 1)) + za * ((int32_t)1 << s1);
-    st.s0 = s0;
-    st.s1 = s1;
-    const int32_t z8 = za * (1 << TT_LINEAR_S8_ACC_BIAS_BITS);
-    st.off0 = (p->bias2 != NULL ? p->bias2[c] : 0) - z8;
-    st.off1 = (p->bias2 != NULL ? p->bias2[c + 1] : 0) - z8;
-    pair_rows_two_t(unroll, &st, &q, xb, rows, k4, w, y0 + c, N);
+    if (two) {
+      const int32_t z8 = za * (1 << TT_LINEAR_S8_ACC_BIAS_BITS);
+      st.mult0 = mp[0];
+      st.mult1 = mp[step];
+      st.add0 = round_add(s0, za);
+      st.add1 = round_add(s1, za);
+      st.s0 = s0;
+      st.s1 = s1;
+      st.off0 = (p->bias2 != NULL ? p->bias2[c] : 0) - z8;
+      st.off1 = (p->bias2 != NULL ? p->bias2[c + 1] : 0) - z8;
+    } else {
+      q.mult0 = mp[0];
+      q.mult1 = mp[step];
+      q.add0 = round_add(s0, zl);
+      q.add1 = round_add(s1, zl);
+      q.s0 = s0;
+      q.s1 = s1;
+    }
+    pair_rows_t(unroll, two ? &st : NULL, &q, xb, rows, k4, w, y0 + c, N);
   }
   return c;
 }
@@ -786,22 +726,22 @@ static TT_ALWAYS_INLINE int32_t pairs_two_t(int unroll, const tt_linear_s8_param
  * stage runs once per K MACs, so each is specialized rather than chosen per output. */
 static TT_NOINLINE int32_t pairs_fast(const tt_linear_s8_params *p, const xb_t *xb,
                                       int32_t rows, int32_t k4, int8_t *y0, int32_t N, int32_t c) {
-  return p->two_step ? pairs_two_t(0, p, xb, rows, k4, y0, N, c)
-                     : pairs_one_t(0, p, xb, rows, k4, y0, N, c);
+  return p->two_step ? pairs_t(0, 1, p, xb, rows, k4, y0, N, c)
+                     : pairs_t(0, 0, p, xb, rows, k4, y0, N, c);
 }
 
 static TT_NOINLINE int32_t pairs_fast4(const tt_linear_s8_params *p, const xb_t *xb,
                                        int32_t rows, int32_t k4, int8_t *y0, int32_t N,
                                        int32_t c) {
-  return p->two_step ? pairs_two_t(4, p, xb, rows, k4, y0, N, c)
-                     : pairs_one_t(4, p, xb, rows, k4, y0, N, c);
+  return p->two_step ? pairs_t(4, 1, p, xb, rows, k4, y0, N, c)
+                     : pairs_t(4, 0, p, xb, rows, k4, y0, N, c);
 }
 
 static TT_NOINLINE int32_t pairs_fast8(const tt_linear_s8_params *p, const xb_t *xb,
                                        int32_t rows, int32_t k4, int8_t *y0, int32_t N,
                                        int32_t c) {
-  return p->two_step ? pairs_two_t(8, p, xb, rows, k4, y0, N, c)
-                     : pairs_one_t(8, p, xb, rows, k4, y0, N, c);
+  return p->two_step ? pairs_t(8, 1, p, xb, rows, k4, y0, N, c)
+                     : pairs_t(8, 0, p, xb, rows, k4, y0, N, c);
 }
 
 #endif

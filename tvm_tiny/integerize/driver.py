@@ -280,7 +280,6 @@ class IntegerizeQDQ:
         self.not_integerized: list[str] = []
         self.integerized: list[str] = []
         self.fuse_tables = fuse_tables
-        self.fused_tables = 0
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext
                          ) -> tvm.IRModule:
@@ -297,7 +296,7 @@ class IntegerizeQDQ:
         mod["main"] = new_func
         mod = relax.transform.DeadCodeElimination(["main"])(mod)
         if self.fuse_tables:
-            mod, self.fused_tables = fuse_lookup_tables(mod)
+            mod, _ = fuse_lookup_tables(mod)
         return mod
 
 

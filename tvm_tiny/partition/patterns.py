@@ -19,7 +19,7 @@ float32 linear layers), ``tvm_tiny.linear_s8`` (int8 linear layers) and ``tvm_ti
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 import tvm
@@ -320,21 +320,7 @@ def linear_s8_int8_weights(func: relax.Function) -> list[relax.Var]:
     """The weight ``dequantize`` vars of the int8 linear layers of ``func`` the
     ``tvm_tiny.linear_s8`` pattern takes: the partitioner's second constant fold leaves them
     (the kernel reads their int8 constants), as it leaves the MHSAs'."""
-    pattern, annotations = make_linear_s8_pattern()
-    found: list[relax.Var] = []
-    for block in func.body.blocks:
-        var2val = {b.var: b.value for b in block.bindings}
-        var_of = {value: var for var, value in var2val.items()}
-        for value in var2val.values():
-            if not (isinstance(value, relax.Call) and value.op.same_as(_QUANTIZE)):
-                continue
-            matched = pattern.extract_matched_expr(value, var2val)
-            if matched is None or is_proof_mark(matched[annotations["xq"]]):
-                continue
-            if read_linear_s8(linear_s8_matched(matched, annotations))[0] is not None \
-                    and matched[annotations["w_dq"]] in var_of:
-                found.append(var_of[matched[annotations["w_dq"]]])
-    return found
+    return _single_weights(func, make_linear_s8_pattern, read_linear_s8, skip_proof_marks=True)
 
 
 # ---------------------------------------------------------------- int8 convolution
@@ -452,21 +438,7 @@ def _check_conv_s8(context: PatternCheckContext) -> bool:
 def conv_s8_int8_weights(func: relax.Function) -> list[relax.Var]:
     """The weight ``dequantize`` vars of the int8 convolutions of ``func`` the
     ``tvm_tiny.conv_s8`` pattern takes (left unfolded, as the linear layers' are)."""
-    pattern, annotations = make_conv_s8_pattern()
-    found: list[relax.Var] = []
-    for block in func.body.blocks:
-        var2val = {b.var: b.value for b in block.bindings}
-        var_of = {value: var for var, value in var2val.items()}
-        for value in var2val.values():
-            if not (isinstance(value, relax.Call) and value.op.same_as(_QUANTIZE)):
-                continue
-            matched = pattern.extract_matched_expr(value, var2val)
-            if matched is None:
-                continue
-            if read_conv_s8(linear_s8_matched(matched, annotations))[0] is not None \
-                    and matched[annotations["w_dq"]] in var_of:
-                found.append(var_of[matched[annotations["w_dq"]]])
-    return found
+    return _single_weights(func, make_conv_s8_pattern, read_conv_s8, skip_proof_marks=False)
 
 
 def kept_int8_weights(func: relax.Function) -> list[relax.Var]:
@@ -496,21 +468,46 @@ def tiny_patterns() -> list[Pattern]:
     ]
 
 
+def _matches_at_quantizes(func: relax.Function, pattern: DFPattern
+                          ) -> Iterator[tuple[dict[DFPattern, relax.Expr],
+                                              dict[relax.Expr, relax.Var]]]:
+    """(matched, value -> var) for every output ``quantize`` of ``func`` where ``pattern``
+    matches (the int8 chains end in their output quantize): the walk the kept-weight lists of
+    the int8 patterns share."""
+    for block in func.body.blocks:
+        var2val = {b.var: b.value for b in block.bindings}
+        var_of = {value: var for var, value in var2val.items()}
+        for value in var2val.values():
+            if not (isinstance(value, relax.Call) and value.op.same_as(_QUANTIZE)):
+                continue
+            matched = pattern.extract_matched_expr(value, var2val)
+            if matched is not None:
+                yield matched, var_of
+
+
+def _single_weights(func: relax.Function, make: Callable[[], tuple[DFPattern, dict[str,
+                    DFPattern]]], read: Callable[[Mapping[str, relax.Expr]], tuple[object, str]],
+                    skip_proof_marks: bool) -> list[relax.Var]:
+    """The ``w_dq`` vars of the one-weight int8 patterns (linear, conv) that ``read`` accepts."""
+    pattern, annotations = make()
+    found: list[relax.Var] = []
+    for matched, var_of in _matches_at_quantizes(func, pattern):
+        if skip_proof_marks and is_proof_mark(matched[annotations["xq"]]):
+            continue  # an attention's projection: the MHSA patterns own it
+        if read(linear_s8_matched(matched, annotations))[0] is not None \
+                and matched[annotations["w_dq"]] in var_of:
+            found.append(var_of[matched[annotations["w_dq"]]])
+    return found
+
+
 def canonical_int8_weights(func: relax.Function) -> list[relax.Var]:
     """The weight ``dequantize`` vars of every proved canonical int8 MHSA of ``func`` (the
     regions the ``tvm_tiny.mhsa_s8`` pattern matches at a proof mark): the partitioner's second
     constant fold must leave them, the kernel reads their int8 constants."""
     pattern, annotations = make_mhsa_s8_pattern()
     found: list[relax.Var] = []
-    for block in func.body.blocks:
-        var2val = {b.var: b.value for b in block.bindings}
-        var_of = {value: var for var, value in var2val.items()}
-        for value in var2val.values():
-            if not (isinstance(value, relax.Call) and value.op.same_as(_QUANTIZE)):
-                continue  # the root of the int8 chain is its output quantize
-            matched = pattern.extract_matched_expr(value, var2val)
-            if matched is None or not is_proof_mark(matched[annotations["xq"]]):
-                continue
+    for matched, var_of in _matches_at_quantizes(func, pattern):
+        if is_proof_mark(matched[annotations["xq"]]):
             found += [var_of[matched[annotations[w]]] for w in ("wq", "wk", "wv", "wo")]
     return found
 
